@@ -1,0 +1,26 @@
+# The two commands a new user runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Pinned here (pyproject declares a range): on this kind of machine pip takes these from local disk.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/drorae demo --out demo-out
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache
