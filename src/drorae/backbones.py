@@ -1,0 +1,236 @@
+"""Frozen pretrained ViT backbones that expose the output of every block (paper eq. 1).
+
+A backbone call runs ONE forward pass and returns
+
+* ``hidden_states`` [L, B, N, C]: z^(1..L), the outputs of transformer blocks 1..L with the
+  prefix tokens (CLS, registers) removed, i.e. before the backbone's final LayerNorm;
+* ``z_base`` [B, N, C]: LN_bb(z^(L)), the backbone's final LayerNorm WITHOUT its affine
+  parameters (RAE's convention), which is the latent of a plain RAE.
+
+Images come in on the [0, 1] scale at any size; they are resized to ``input_size`` with
+bicubic interpolation (``align_corners=False``, no antialias, only when the size differs),
+exactly as RAE and diffusers' ``AutoencoderRAE`` do, so imported RAE models encode identically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# model_type (transformers) -> our backbone family
+_FAMILIES = {
+    "dinov2": "dinov2",
+    "dinov2_with_registers": "dinov2",
+    "siglip": "siglip",
+    "siglip_vision_model": "siglip",
+    "siglip2": "siglip",
+    "siglip2_vision_model": "siglip",
+    "vit_mae": "mae",
+}
+# SigLIP normalises to [-1, 1]; the others use ImageNet statistics.
+_DEFAULT_MEAN_STD = {
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+    "mae": (IMAGENET_MEAN, IMAGENET_STD),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    """The backbone's files are neither at the given path nor in the local Hugging Face cache."""
+
+
+@dataclass
+class BackboneOutput:
+    hidden_states: Tensor  # [L, B, N, C]  outputs of blocks 1..L, prefix tokens dropped
+    z_base: Tensor  # [B, N, C]     LN_bb(z^(L)), non-affine
+
+
+def check_images(images: Tensor, name: str = "images") -> None:
+    """Raise a clear error for inputs that are not float RGB batches in [0, 1]-scale."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"{name} must have shape [B, 3, H, W], got rank {images.ndim} with shape {tuple(images.shape)}")
+    if images.shape[1] != 3:
+        raise ValueError(f"{name} must have 3 channels (RGB) in dim 1, got {images.shape[1]} (shape {tuple(images.shape)})")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor in [0, 1], got dtype {images.dtype}; "
+            "convert uint8 images with images.float() / 255"
+        )
+    if not torch.isfinite(images).all():
+        bad = (~torch.isfinite(images)).sum().item()
+        raise ValueError(f"{name} contain {bad} non-finite values (NaN or inf)")
+
+
+class FrozenBackbone(nn.Module):
+    """A frozen ``transformers`` ViT that returns every block's tokens and RAE's ``z_base``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        family: str,
+        *,
+        input_size: int,
+        name_or_path: str | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+    ):
+        super().__init__()
+        if family not in _DEFAULT_MEAN_STD:
+            raise ValueError(f"unknown backbone family {family!r}; expected one of {sorted(_DEFAULT_MEAN_STD)}")
+        self.model = model
+        self.family = family
+        self.name_or_path = name_or_path
+        cfg = model.config
+        self.hidden_size: int = cfg.hidden_size
+        self.num_layers: int = cfg.num_hidden_layers
+        self.patch_size: int = cfg.patch_size
+        self.norm_eps: float = float(cfg.layer_norm_eps)
+        self.num_prefix_tokens: int = {
+            "dinov2": 1 + int(getattr(cfg, "num_register_tokens", 0) or 0),
+            "mae": 1,
+            "siglip": 0,
+        }[family]
+        if input_size % self.patch_size != 0:
+            raise ValueError(f"input_size={input_size} must be a multiple of the backbone patch size {self.patch_size}")
+        self.input_size = int(input_size)
+        d_mean, d_std = _DEFAULT_MEAN_STD[family]
+        self.register_buffer("mean", torch.tensor(mean or d_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std or d_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        # A frozen backbone stays in eval mode (no dropout / drop-path) even inside model.train(),
+        # unless someone unfroze it on purpose (the paper's "full" ablation).
+        trainable = any(p.requires_grad for p in self.parameters())
+        return super().train(mode and trainable)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """[0, 1] images of any size -> normalised ``input_size`` pixels (RAE/diffusers resize)."""
+        check_images(images)
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward(self, images: Tensor) -> BackboneOutput:
+        pixels = self.preprocess(images)
+        kwargs = {"output_hidden_states": True}
+        if self.family == "mae":
+            # ViT-MAE shuffles tokens by argsort(noise); increasing noise keeps the natural order,
+            # and mask_ratio=0 keeps every token.
+            b, n = pixels.shape[0], self.num_tokens
+            kwargs["noise"] = torch.arange(n, device=pixels.device, dtype=pixels.dtype).expand(b, n)
+            kwargs["interpolate_pos_encoding"] = True
+        elif self.family == "siglip":
+            kwargs["interpolate_pos_encoding"] = True
+        out = self.model(pixel_values=pixels, **kwargs)
+        # hidden_states[0] is the embedding output; [k] is the output of block k (eq. 1).
+        blocks = out.hidden_states[1:]
+        if len(blocks) != self.num_layers:
+            raise RuntimeError(f"backbone returned {len(blocks)} block outputs, expected {self.num_layers}")
+        hidden = torch.stack(blocks, dim=0)[:, :, self.num_prefix_tokens :]
+        z_base = F.layer_norm(hidden[-1], (self.hidden_size,), eps=self.norm_eps)
+        return BackboneOutput(hidden_states=hidden, z_base=z_base)
+
+
+def _resolve_local(name_or_path: str, download: bool) -> str:
+    """A local directory for ``name_or_path`` (a path, or a hub id in the local HF cache)."""
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BackboneNotFoundError(f"backbone directory {path} has no config.json (expected a save_pretrained directory)")
+        return str(path)
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")):
+        raise BackboneNotFoundError(f"backbone path {path} does not exist or is not a directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(str(name_or_path), local_files_only=True)
+    except Exception as local_err:  # not in the cache
+        if not download:
+            raise BackboneNotFoundError(
+                f"backbone {name_or_path!r} is not a local directory and is not in the local Hugging Face cache "
+                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Provide it with "
+                f"`huggingface-cli download {name_or_path}` on a machine with network access (then copy the cache), "
+                f"or pass a local save_pretrained directory, or pass download=True to fetch it now."
+            ) from local_err
+    try:
+        return snapshot_download(str(name_or_path))
+    except Exception as err:
+        raise BackboneNotFoundError(f"could not download backbone {name_or_path!r}: {err}") from None
+
+
+def _read_norm_stats(directory: str) -> tuple[tuple | None, tuple | None]:
+    """image_mean / image_std from a preprocessor_config.json, if the checkpoint has one."""
+    pp = Path(directory) / "preprocessor_config.json"
+    if not pp.is_file():
+        return None, None
+    cfg = json.loads(pp.read_text())
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    return (tuple(mean) if mean else None), (tuple(std) if std else None)
+
+
+def load_backbone(
+    name_or_path: str,
+    input_size: int = 224,
+    *,
+    download: bool = False,
+    dtype: torch.dtype | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> FrozenBackbone:
+    """Load a frozen backbone from a local ``save_pretrained`` directory or a cached hub id.
+
+    Supported: DINOv2, DINOv2-with-registers, SigLIP/SigLIP2 vision towers (fixed resolution),
+    ViT-MAE. Nothing is downloaded unless ``download=True``.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    directory = _resolve_local(name_or_path, download)
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    model_type = config.model_type
+    family = _FAMILIES.get(model_type)
+    if family is None:
+        raise ValueError(
+            f"backbone {name_or_path!r} has model_type {model_type!r}; supported: {sorted(_FAMILIES)}"
+        )
+    if model_type.startswith("siglip2"):
+        raise ValueError(
+            f"backbone {name_or_path!r} is a NaFlex SigLIP2 checkpoint (Siglip2VisionModel), which takes patch "
+            "sequences, not images; use a fixed-resolution SigLIP2 checkpoint such as google/siglip2-base-patch16-256"
+        )
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if family == "siglip":
+        from transformers import SiglipVisionModel
+
+        # Works for vision-only and for full (text + vision) SigLIP checkpoints: keeps the tower.
+        model = SiglipVisionModel.from_pretrained(directory, **kwargs)
+    else:
+        if family == "mae":
+            config.mask_ratio = 0.0  # keep every token
+        model = AutoModel.from_pretrained(directory, config=config, **kwargs)
+    f_mean, f_std = _read_norm_stats(directory)
+    return FrozenBackbone(
+        model, family, input_size=input_size, name_or_path=str(name_or_path), mean=mean or f_mean, std=std or f_std
+    )

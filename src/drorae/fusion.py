@@ -1,0 +1,233 @@
+"""Depth-routed fusion of every backbone layer into one latent (paper section 3.2, eqs. 2-5).
+
+    h_k     = LN_bb(e_k(LN_bb(z^(k))))                              eq. 2  (layer-wise experts)
+    w       = R([z^(1); ...; z^(L)])            in R^{N x L}        eq. 3  (one linear router)
+    z_fuse  = LN_bb( sum_k w_k h_k / sqrt(sum_k w_k^2 + eps) )      eq. 4  (energy-constrained)
+    z_final = LN_bb( z_base + beta * (z_fuse - z_base) )            eq. 5  (incremental correction)
+
+LN_bb is the backbone's final LayerNorm without affine parameters (RAE's latent normalisation).
+The L experts are stored as stacked weights and run as batched matmuls: one ``baddbmm`` per
+expert layer for all experts at once, no Python loop over layers in the forward pass.
+
+Choices where the paper is silent (see docs): the router reads the LN_bb-normalised layers
+(eq. 3 prints the layer inputs in parentheses; raw block outputs of DINOv2 differ in scale by
+orders of magnitude across depth), and the expert activation is GELU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROUTINGS = ("energy", "softmax", "cross_attention")
+CORRECTIONS = ("incremental", "replace")
+
+# Expert widths the paper names for DINOv2-B (C=768, L=12). The text says the fusion module
+# has "~29M" parameters, which the appendix-C formula gives for h=1536; appendix A says the
+# experts are Linear(768, 3072), which gives 56.8M. The two disagree; both are shipped.
+FUSION_PRESETS = {
+    "paper-text-29m": {"expert_hidden": 1536},
+    "paper-appendix-a": {"expert_hidden": 3072},
+}
+
+
+def paper_param_count(dim: int, num_layers: int, expert_hidden: int) -> int:
+    """Appendix C: params = L (C h + h + h C + h) + C L^2 + L."""
+    c, l, h = dim, num_layers, expert_hidden
+    return l * (c * h + h + h * c + h) + c * l * l + l
+
+
+@dataclass
+class FusionOutput:
+    latent: Tensor  # z_final [B, N, C]
+    fused: Tensor  # z_fuse  [B, N, C]
+    weights: Tensor  # w       [B, N, K] routing weight per fused layer
+
+
+class LayerExperts(nn.Module):
+    """K two-layer MLP experts, Linear(C,h) -> LayerNorm(h) -> act -> Linear(h,C), as stacked weights.
+
+    ``experts[k]`` returns a callable view of expert k (for inspection and tests); ``experts(x)``
+    runs all K experts on x [K, M, C] with two batched matmuls.
+    """
+
+    def __init__(self, num_experts: int, dim: int, hidden: int, activation: str = "gelu", ln_eps: float = 1e-5):
+        super().__init__()
+        self.num_experts, self.dim, self.hidden, self.ln_eps = num_experts, dim, hidden, ln_eps
+        self.w_in = nn.Parameter(torch.empty(num_experts, dim, hidden))
+        self.b_in = nn.Parameter(torch.empty(num_experts, 1, hidden))
+        self.ln_weight = nn.Parameter(torch.ones(num_experts, 1, hidden))
+        self.ln_bias = nn.Parameter(torch.zeros(num_experts, 1, hidden))
+        self.w_out = nn.Parameter(torch.empty(num_experts, hidden, dim))
+        self.b_out = nn.Parameter(torch.empty(num_experts, 1, dim))
+        self.act = {"gelu": nn.GELU(), "silu": nn.SiLU(), "relu": nn.ReLU(), "identity": nn.Identity()}[activation]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same distribution as K independent nn.Linear layers.
+        for w, b, fan_in in ((self.w_in, self.b_in, self.dim), (self.w_out, self.b_out, self.hidden)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+        nn.init.ones_(self.ln_weight)
+        nn.init.zeros_(self.ln_bias)
+
+    def __len__(self) -> int:
+        return self.num_experts
+
+    def __getitem__(self, k: int):
+        if not -self.num_experts <= k < self.num_experts:
+            raise IndexError(f"expert index {k} out of range for {self.num_experts} experts")
+        return lambda x: self._run(x.unsqueeze(0), slice(k % self.num_experts, k % self.num_experts + 1)).squeeze(0)
+
+    def _run(self, x: Tensor, idx: slice) -> Tensor:
+        y = torch.baddbmm(self.b_in[idx], x, self.w_in[idx])  # [K, M, h]
+        y = F.layer_norm(y, (self.hidden,), eps=self.ln_eps) * self.ln_weight[idx] + self.ln_bias[idx]
+        return torch.baddbmm(self.b_out[idx], self.act(y), self.w_out[idx])  # [K, M, C]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [K, M, C] -> [K, M, C], expert k applied to slice k."""
+        return self._run(x, slice(None))
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, dim={self.dim}, hidden={self.hidden}"
+
+
+class LayerCrossAttention(nn.Module):
+    """Ablation router: multi-head attention over the layer axis, the last layer as query."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by cross-attention heads={num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, query: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
+        """query [M, C], experts [K, M, C] -> (mixed [M, C], weights [M, K] averaged over heads)."""
+        k_layers, m, c = experts.shape
+        hd = c // self.num_heads
+        q = self.q(query).view(m, self.num_heads, 1, hd)
+        k = self.k(experts).view(k_layers, m, self.num_heads, hd).permute(1, 2, 0, 3)  # [M, H, K, hd]
+        v = self.v(experts).view(k_layers, m, self.num_heads, hd).permute(1, 2, 0, 3)
+        attn = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(hd), dim=-1)  # [M, H, 1, K]
+        mixed = (attn @ v).reshape(m, c)
+        return self.out(mixed), attn.mean(dim=1).squeeze(1)
+
+
+class DepthRoutedFusion(nn.Module):
+    """The DRoRAE fusion module F(z^(1..L), z_base) -> z_final.
+
+    Args:
+        num_layers: L, the backbone's block count (hidden_states has L entries).
+        dim: C, the backbone width.
+        expert_hidden: h, the experts' hidden width.
+        beta: correction strength of eq. 5 (0 reproduces RAE's latent exactly).
+        routing: "energy" (eq. 4, weights may be negative), "softmax" or "cross_attention" (ablations).
+        correction: "incremental" (eq. 5) or "replace" (z_final = z_fuse, ablation).
+        norm_eps: eps of LN_bb; must match the backbone's final LayerNorm.
+        layers: 1-based indices of the blocks to fuse (default: all 1..L), e.g. the deepest N.
+        energy_eps: eps of eq. 4's denominator.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        expert_hidden: int,
+        beta: float = 0.2,
+        routing: str = "energy",
+        correction: str = "incremental",
+        norm_eps: float = 1e-6,
+        layers: list[int] | None = None,
+        *,
+        energy_eps: float = 1e-6,
+        activation: str = "gelu",
+        attention_heads: int = 8,
+    ):
+        super().__init__()
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing={routing!r} is not one of {ROUTINGS}")
+        if correction not in CORRECTIONS:
+            raise ValueError(f"correction={correction!r} is not one of {CORRECTIONS}")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta={beta} must lie in [0, 1]")
+        layers = list(range(1, num_layers + 1)) if layers is None else [int(k) for k in layers]
+        if not layers or any(not 1 <= k <= num_layers for k in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"layers={layers} must be distinct block indices in 1..{num_layers}")
+        self.num_layers, self.dim, self.expert_hidden = num_layers, dim, expert_hidden
+        self.beta, self.routing, self.correction = float(beta), routing, correction
+        self.norm_eps, self.energy_eps = float(norm_eps), float(energy_eps)
+        self.layers = layers
+        self.activation, self.attention_heads = activation, attention_heads
+        self.register_buffer("layer_index", torch.tensor([k - 1 for k in layers]), persistent=False)
+        k = len(layers)
+        self.experts = LayerExperts(k, dim, expert_hidden, activation=activation)
+        if routing == "cross_attention":
+            self.router: nn.Module = LayerCrossAttention(dim, attention_heads)
+        else:
+            self.router = nn.Linear(dim * k, k)  # eq. 3: ONE linear layer on the concatenated layers
+
+    @classmethod
+    def from_preset(cls, preset: str, num_layers: int, dim: int, **kwargs) -> "DepthRoutedFusion":
+        if preset not in FUSION_PRESETS:
+            raise ValueError(f"unknown fusion preset {preset!r}; available: {sorted(FUSION_PRESETS)}")
+        return cls(num_layers, dim, **{**FUSION_PRESETS[preset], **kwargs})
+
+    def config(self) -> dict:
+        return {
+            "num_layers": self.num_layers,
+            "dim": self.dim,
+            "expert_hidden": self.expert_hidden,
+            "beta": self.beta,
+            "routing": self.routing,
+            "correction": self.correction,
+            "norm_eps": self.norm_eps,
+            "layers": self.layers,
+            "energy_eps": self.energy_eps,
+            "activation": self.activation,
+            "attention_heads": self.attention_heads,
+        }
+
+    def ln_bb(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (self.dim,), eps=self.norm_eps)
+
+    def forward(self, hidden_states: Tensor, z_base: Tensor) -> FusionOutput:
+        """hidden_states [L, B, N, C] (blocks 1..L), z_base [B, N, C] -> FusionOutput."""
+        if hidden_states.ndim != 4 or hidden_states.shape[0] != self.num_layers or hidden_states.shape[-1] != self.dim:
+            raise ValueError(
+                f"hidden_states must be [L={self.num_layers}, B, N, C={self.dim}], got {tuple(hidden_states.shape)}"
+            )
+        if z_base.shape != hidden_states.shape[1:]:
+            raise ValueError(f"z_base shape {tuple(z_base.shape)} must equal hidden_states[k] shape {tuple(hidden_states.shape[1:])}")
+        _, b, n, c = hidden_states.shape
+        z = self.ln_bb(hidden_states.index_select(0, self.layer_index)).reshape(len(self.layers), b * n, c)  # [K, M, C]
+        h = self.ln_bb(self.experts(z))  # eq. 2: h_k = LN_bb(e_k(LN_bb(z^(k))))
+
+        if self.routing == "cross_attention":
+            mixed, w = self.router(self.ln_bb(z_base).reshape(b * n, c), h)
+        else:
+            logits = self.router(z.permute(1, 0, 2).reshape(b * n, -1))  # eq. 3: w = R([z^(1); ...; z^(L)])  [M, K]
+            if self.routing == "energy":
+                # eq. 4: energy-constrained aggregation; weights may be negative.
+                w = logits
+                mixed = torch.einsum("mk,kmc->mc", w, h) / torch.sqrt((w * w).sum(-1, keepdim=True) + self.energy_eps)
+            else:  # softmax ablation: a convex combination of the experts
+                w = torch.softmax(logits, dim=-1)
+                mixed = torch.einsum("mk,kmc->mc", w, h)
+        z_fuse = self.ln_bb(mixed).view(b, n, c)
+
+        if self.correction == "replace":
+            z_final = z_fuse
+        elif self.beta == 0.0:
+            z_final = z_base  # eq. 5 with beta = 0 is plain RAE (skip LN(LN(x)) rounding)
+        else:
+            z_final = self.ln_bb(z_base + self.beta * (z_fuse - z_base))  # eq. 5
+        return FusionOutput(latent=z_final, fused=z_fuse, weights=w.view(b, n, -1))

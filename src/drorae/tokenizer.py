@@ -1,0 +1,303 @@
+"""DRoRAE: frozen backbone + depth-routed fusion + ViT decoder, with save/load.
+
+    encode:  images [0,1] -> backbone (one pass) -> z^(1..L), z_base -> fusion -> z_final [B,N,C]
+             -> [B,C,h,w] -> (z - mean) / (std + eps) -> * scaling_factor            = latent
+    decode:  latent -> / scaling_factor -> * (std + eps) + mean -> tokens -> decoder -> patches
+             -> unpatchify -> * pixel_std + pixel_mean                                 = images [0,1]-scale
+
+With ``fusion_enabled=False`` (or no fusion module) this is exactly RAE. Decoded images are not
+clamped (as in RAE and diffusers); clamp them for display.
+
+On disk (``save_pretrained``): ``config.json`` (JSON, no pickles), ``model.safetensors`` (fusion,
+decoder, latent statistics) and, by default, ``backbone/`` (the frozen backbone's own
+``save_pretrained`` directory) so a tokenizer directory is self-contained and loads offline.
+With ``save_backbone=False`` the config references the backbone by path or hub id instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import __version__
+from .backbones import BackboneOutput, FrozenBackbone, load_backbone
+from .decoder import CheckpointKeyError, DecoderConfig, RAEDecoder
+from .fusion import DepthRoutedFusion, FusionOutput
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+@dataclass
+class DRoRAEConfig:
+    backbone: str  # path or hub id of the frozen backbone (relative paths resolve inside the model dir)
+    input_size: int  # backbone input resolution
+    hidden_size: int  # C, checked against the backbone at load time
+    num_layers: int  # L
+    decoder: dict  # DecoderConfig fields
+    fusion: dict | None = None  # DepthRoutedFusion kwargs; None = plain RAE
+    fusion_enabled: bool = True
+    pixel_mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    latent_norm: bool = False  # per-position mean/std normalisation of the latent
+    latent_stats_shape: list | None = None  # shape of the stored mean/std (broadcast to [C, h, w])
+    latent_std_eps: float = 1e-5
+    scaling_factor: float = 1.0
+    noise_tau: float = 0.0  # training-time latent noise, sigma ~ U(0, noise_tau)
+
+    def to_dict(self) -> dict:
+        return {"_class_name": "DRoRAE", "_drorae_version": __version__, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DRoRAEConfig":
+        d = {k: v for k, v in d.items() if not k.startswith("_")}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DRoRAE config keys: {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class DRoRAEOutput:
+    reconstruction: Tensor  # [B, 3, H, W], [0, 1] scale (not clamped)
+    latent: Tensor  # [B, C, h, w], normalised and scaled
+    z_base: Tensor  # [B, N, C], RAE's latent before fusion
+    fusion: FusionOutput | None  # fused latent and routing weights, when fusion ran
+
+
+class DRoRAE(nn.Module):
+    def __init__(self, backbone: FrozenBackbone, decoder: RAEDecoder, fusion: DepthRoutedFusion | None = None,
+                 config: DRoRAEConfig | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.fusion = fusion
+        self.decoder = decoder
+        c = backbone.hidden_size
+        if decoder.config.latent_dim != c:
+            raise ValueError(f"decoder expects latent width {decoder.config.latent_dim}, but the backbone width is {c}")
+        if fusion is not None and (fusion.dim != c or fusion.num_layers != backbone.num_layers):
+            raise ValueError(
+                f"fusion module is built for C={fusion.dim}, L={fusion.num_layers}; the backbone has "
+                f"C={c}, L={backbone.num_layers}"
+            )
+        self.config = config or DRoRAEConfig(
+            backbone=backbone.name_or_path or "",
+            input_size=backbone.input_size,
+            hidden_size=c,
+            num_layers=backbone.num_layers,
+            decoder=decoder.config.to_dict(),
+            fusion=fusion.config() if fusion is not None else None,
+            pixel_mean=backbone.mean.flatten().tolist(),
+            pixel_std=backbone.std.flatten().tolist(),
+        )
+        self.config.fusion_enabled = bool(self.config.fusion_enabled and fusion is not None)
+        self.register_buffer("pixel_mean", torch.tensor(self.config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        if self.config.latent_norm:
+            shape = self.config.latent_stats_shape or [c, backbone.grid_size, backbone.grid_size]
+            self.register_buffer("latent_mean", torch.zeros(shape))
+            self.register_buffer("latent_std", torch.ones(shape))
+
+    # -- switches ----------------------------------------------------------------------------
+    @property
+    def fusion_enabled(self) -> bool:
+        return self.config.fusion_enabled
+
+    @fusion_enabled.setter
+    def fusion_enabled(self, value: bool) -> None:
+        if value and self.fusion is None:
+            raise ValueError("this DRoRAE has no fusion module; add one with model.add_fusion(...)")
+        self.config.fusion_enabled = bool(value)
+
+    def add_fusion(self, fusion: DepthRoutedFusion) -> None:
+        """Attach a (new) fusion module, e.g. before phase 2, and switch fusion on."""
+        if fusion.dim != self.backbone.hidden_size or fusion.num_layers != self.backbone.num_layers:
+            raise ValueError(f"fusion module (C={fusion.dim}, L={fusion.num_layers}) does not fit the backbone "
+                             f"(C={self.backbone.hidden_size}, L={self.backbone.num_layers})")
+        self.fusion = fusion.to(self.pixel_mean.device)
+        self.config.fusion = fusion.config()
+        self.config.fusion_enabled = True
+
+    def set_latent_stats(self, mean: Tensor, std: Tensor, eps: float = 1e-5) -> None:
+        """Enable latent normalisation (z - mean) / (std + eps) with stats broadcastable to [C, h, w]."""
+        c, g = self.backbone.hidden_size, self.backbone.grid_size
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        try:
+            torch.broadcast_shapes(mean.shape, std.shape, (c, g, g))
+        except RuntimeError:
+            raise ValueError(f"latent stats of shapes {tuple(mean.shape)} / {tuple(std.shape)} do not broadcast to "
+                             f"[C={c}, h={g}, w={g}]") from None
+        mean, std = torch.broadcast_tensors(mean, std)
+        device = self.pixel_mean.device
+        for name, value in (("latent_mean", mean), ("latent_std", std)):
+            if hasattr(self, name) and name in self._buffers:
+                del self._buffers[name]
+            self.register_buffer(name, value.clone().to(device))
+        self.config.latent_norm = True
+        self.config.latent_stats_shape = list(mean.shape)
+        self.config.latent_std_eps = float(eps)
+
+    # -- encode / decode ---------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "DRoRAE":
+        super().train(mode)
+        self.backbone.train(mode)  # stays in eval mode while frozen
+        return self
+
+    def _run_backbone(self, images: Tensor) -> BackboneOutput:
+        if any(p.requires_grad for p in self.backbone.parameters()):
+            return self.backbone(images)
+        with torch.no_grad():  # frozen: no graph, one pass
+            return self.backbone(images)
+
+    def encode_tokens(self, images: Tensor) -> tuple[Tensor, Tensor, FusionOutput | None]:
+        """images -> (z_final [B,N,C], z_base [B,N,C], fusion output or None), before normalisation."""
+        feats = self._run_backbone(images)
+        if self.fusion_enabled:
+            fused = self.fusion(feats.hidden_states, feats.z_base)
+            return fused.latent, feats.z_base, fused
+        return feats.z_base, feats.z_base, None
+
+    def tokens_to_latent(self, tokens: Tensor) -> Tensor:
+        b, n, c = tokens.shape
+        side = math.isqrt(n)
+        z = tokens.transpose(1, 2).reshape(b, c, side, side)
+        if self.config.latent_norm:
+            z = (z - self.latent_mean.to(z.dtype)) / (self.latent_std.to(z.dtype) + self.config.latent_std_eps)
+        return z * self.config.scaling_factor if self.config.scaling_factor != 1.0 else z
+
+    def latent_to_tokens(self, latent: Tensor) -> Tensor:
+        if latent.ndim != 4 or latent.shape[1] != self.backbone.hidden_size:
+            raise ValueError(f"latent must be [B, C={self.backbone.hidden_size}, h, w], got {tuple(latent.shape)}")
+        z = latent / self.config.scaling_factor if self.config.scaling_factor != 1.0 else latent
+        if self.config.latent_norm:
+            z = z * (self.latent_std.to(z.dtype) + self.config.latent_std_eps) + self.latent_mean.to(z.dtype)
+        return z.flatten(2).transpose(1, 2)
+
+    def add_latent_noise(self, tokens: Tensor, noise_tau: float, generator: torch.Generator | None = None) -> Tensor:
+        """RAE's decoder noise augmentation: z + sigma * eps, sigma ~ U(0, noise_tau) per sample."""
+        sigma = noise_tau * torch.rand((tokens.shape[0], 1, 1), device=tokens.device, dtype=tokens.dtype, generator=generator)
+        return tokens + sigma * torch.randn(tokens.shape, device=tokens.device, dtype=tokens.dtype, generator=generator)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] images in [0, 1] -> latent [B, C, h, w]."""
+        return self.tokens_to_latent(self.encode_tokens(images)[0])
+
+    def decode_tokens(self, tokens: Tensor) -> Tensor:
+        x = self.decoder.unpatchify(self.decoder(tokens))
+        return x * self.pixel_std.to(x.dtype) + self.pixel_mean.to(x.dtype)
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """latent [B, C, h, w] -> images [B, 3, H, W] on the [0, 1] scale (not clamped)."""
+        if not isinstance(latent, Tensor) or not latent.is_floating_point():
+            raise TypeError(f"latent must be a floating-point tensor, got {getattr(latent, 'dtype', type(latent))}")
+        return self.decode_tokens(self.latent_to_tokens(latent))
+
+    def forward(self, images: Tensor, noise_tau: float | None = None, generator: torch.Generator | None = None) -> DRoRAEOutput:
+        """Reconstruct; in training mode the latent gets noise (``noise_tau``, default the config's)."""
+        tokens, z_base, fused = self.encode_tokens(images)
+        latent = self.tokens_to_latent(tokens)
+        tau = self.config.noise_tau if noise_tau is None else noise_tau
+        if self.training and tau > 0:
+            tokens = self.add_latent_noise(tokens, tau, generator)
+        # Decode from the tokens directly: normalise/denormalise is an exact round trip mathematically,
+        # and skipping it avoids float drift between encode() and the training path.
+        return DRoRAEOutput(reconstruction=self.decode_tokens(tokens), latent=latent, z_base=z_base, fusion=fused)
+
+    # -- parameter groups (used by `drorae info` and the trainer) -----------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+        parts = {"backbone": count(self.backbone), "fusion": count(self.fusion), "decoder": count(self.decoder)}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    # -- save / load -------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, save_backbone: bool = True) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = DRoRAEConfig.from_dict(self.config.to_dict())
+        if save_backbone:
+            self.backbone.model.save_pretrained(directory / BACKBONE_DIR, safe_serialization=True)
+            config.backbone = BACKBONE_DIR
+        elif not config.backbone:
+            raise ValueError("the backbone has no path or hub id to reference: use save_backbone=True")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        if not self.fusion_enabled and self.fusion is None:
+            config.fusion = None
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", "drorae_version": __version__})
+        tmp.replace(directory / WEIGHTS_NAME)
+        (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, backbone: str | FrozenBackbone | None = None,
+                        map_location: str | torch.device = "cpu") -> "DRoRAE":
+        """Load a ``save_pretrained`` directory. ``backbone`` overrides the stored/referenced one."""
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: {directory} is not a DRoRAE save_pretrained directory")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
+        if raw.get("_class_name") != "DRoRAE":
+            raise ValueError(f"{cfg_path} describes a {raw.get('_class_name')!r}, not a DRoRAE "
+                             "(import RAE / diffusers models with drorae.import_rae)")
+        config = DRoRAEConfig.from_dict(raw)
+        if not isinstance(backbone, FrozenBackbone):
+            source = backbone or config.backbone
+            local = directory / source
+            bb = load_backbone(str(local) if local.is_dir() else source, input_size=config.input_size,
+                               mean=tuple(config.pixel_mean), std=tuple(config.pixel_std))
+        else:
+            bb = backbone
+        if bb.hidden_size != config.hidden_size or bb.num_layers != config.num_layers:
+            raise ValueError(
+                f"backbone {bb.name_or_path!r} has width {bb.hidden_size} and {bb.num_layers} blocks, but the "
+                f"checkpoint {directory} was trained on width {config.hidden_size} with {config.num_layers} blocks"
+            )
+        decoder = RAEDecoder(DecoderConfig(**config.decoder))
+        fusion = DepthRoutedFusion(**config.fusion) if config.fusion is not None else None
+        model = cls(bb, decoder, fusion, config)
+        state = load_safetensors(directory / WEIGHTS_NAME)
+        load_strict(model, state, ignore_prefix="backbone.", source=directory / WEIGHTS_NAME)
+        return model.to(map_location)
+
+
+def load_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """Read a safetensors file, turning a corrupt or truncated file into a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"weights file {path} is corrupt or truncated ({path.stat().st_size} bytes): {err}") from None
+
+
+def load_strict(model: nn.Module, state: dict[str, Tensor], ignore_prefix: str = "", source: object = "checkpoint") -> None:
+    """Load ``state`` requiring every key to match in name and shape; name every mismatch."""
+    expected = {k: v for k, v in model.state_dict().items() if not (ignore_prefix and k.startswith(ignore_prefix))}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if wrong:
+            parts.append("shape mismatches " + ", ".join(
+                f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:8]))
+        raise CheckpointKeyError(f"{source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)

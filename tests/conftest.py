@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random backbones saved with the real ``save_pretrained``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def save_tiny_dinov2(path, registers: int = 4, hidden: int = 64, layers: int = 3, heads: int = 1, patch: int = 4):
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, patch_size=patch, image_size=32)
+    if registers:
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
+    else:
+        model = Dinov2Model(Dinov2Config(**common))
+    # Random layer-scale / norm parameters so that every block matters numerically.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lambda1" in name or "layernorm" in name or "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") or "lambda1" in name else 0.0))
+    model.save_pretrained(path)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def dinov2_reg_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dinov2_reg")
+    save_tiny_dinov2(path, registers=4)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dinov2_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dinov2")
+    save_tiny_dinov2(path, registers=0)
+    return path
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 40, 40, generator=g)

@@ -1,0 +1,117 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from drorae.fusion import FUSION_PRESETS, DepthRoutedFusion, paper_param_count
+
+L, B, N, C = 4, 2, 9, 32
+
+
+def make_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Layer scales that grow with depth, like a real ViT's residual stream.
+    hidden = torch.randn(L, B, N, C, generator=g) * torch.arange(1, L + 1).view(L, 1, 1, 1) * 3
+    z_base = F.layer_norm(hidden[-1], (C,), eps=1e-6)
+    return hidden, z_base
+
+
+def ln(x):
+    return F.layer_norm(x, (C,), eps=1e-6)
+
+
+def test_beta_zero_is_rae_exactly():
+    hidden, z_base = make_inputs()
+    out = DepthRoutedFusion(L, C, 16, beta=0.0)(hidden, z_base)
+    assert torch.equal(out.latent, z_base)
+
+
+def test_replace_returns_fused():
+    hidden, z_base = make_inputs()
+    out = DepthRoutedFusion(L, C, 16, correction="replace")(hidden, z_base)
+    assert torch.equal(out.latent, out.fused)
+    assert not torch.allclose(out.latent, z_base)
+
+
+def test_eq5_incremental_correction_holds():
+    hidden, z_base = make_inputs()
+    out = DepthRoutedFusion(L, C, 16, beta=0.2)(hidden, z_base)
+    torch.testing.assert_close(out.latent, ln(z_base + 0.2 * (out.fused - z_base)))
+
+
+def test_energy_routing_matches_equations_2_to_4():
+    hidden, z_base = make_inputs()
+    f = DepthRoutedFusion(L, C, 16)
+    out = f(hidden, z_base)
+    # Reference, written layer by layer with the per-expert view.
+    zs = [ln(hidden[k]) for k in range(L)]
+    hs = [ln(f.experts[k](zs[k].reshape(-1, C))).view(B, N, C) for k in range(L)]
+    w = f.router(torch.cat(zs, dim=-1))  # [B, N, L]
+    num = sum(w[..., k : k + 1] * hs[k] for k in range(L))
+    z_fuse = ln(num / torch.sqrt((w**2).sum(-1, keepdim=True) + 1e-6))
+    torch.testing.assert_close(out.weights, w)
+    torch.testing.assert_close(out.fused, z_fuse, rtol=1e-5, atol=1e-5)
+
+
+def test_energy_weights_can_be_negative_and_softmax_is_a_distribution():
+    hidden, z_base = make_inputs()
+    w = DepthRoutedFusion(L, C, 16)(hidden, z_base).weights
+    assert (w < 0).any() and (w > 0).any()
+    ws = DepthRoutedFusion(L, C, 16, routing="softmax")(hidden, z_base).weights
+    assert (ws >= 0).all()
+    torch.testing.assert_close(ws.sum(-1), torch.ones(B, N))
+
+
+def test_cross_attention_ablation_runs_and_weights_are_a_distribution():
+    hidden, z_base = make_inputs()
+    out = DepthRoutedFusion(L, C, 16, routing="cross_attention", attention_heads=4)(hidden, z_base)
+    assert out.latent.shape == (B, N, C) and out.weights.shape == (B, N, L)
+    torch.testing.assert_close(out.weights.sum(-1), torch.ones(B, N))
+
+
+def test_layer_subset_uses_the_deepest_blocks():
+    hidden, z_base = make_inputs()
+    f = DepthRoutedFusion(L, C, 16, layers=[3, 4])
+    out = f(hidden, z_base)
+    assert len(f.experts) == 2 and out.weights.shape == (B, N, 2)
+    assert f.router.in_features == 2 * C
+    # Changing a block that is not fused changes nothing.
+    hidden2 = hidden.clone()
+    hidden2[0] += 5
+    torch.testing.assert_close(f(hidden2, z_base).latent, out.latent)
+    with pytest.raises(ValueError, match=r"layers=\[0, 4\] must be distinct block indices in 1..4"):
+        DepthRoutedFusion(L, C, 16, layers=[0, 4])
+
+
+@pytest.mark.parametrize("h", [128, 1536, 3072, 6144])
+def test_parameter_count_matches_appendix_c(h):
+    f = DepthRoutedFusion(12, 768, h)
+    n = sum(p.numel() for p in f.parameters())
+    assert abs(n - paper_param_count(768, 12, h)) / paper_param_count(768, 12, h) < 0.01
+    assert f.router.weight.shape == (12, 768 * 12)  # C*L^2 + L router
+
+
+def test_presets_give_the_papers_two_sizes():
+    n29 = sum(p.numel() for p in DepthRoutedFusion.from_preset("paper-text-29m", 12, 768).parameters())
+    n57 = sum(p.numel() for p in DepthRoutedFusion.from_preset("paper-appendix-a", 12, 768).parameters())
+    assert 28.3e6 < n29 < 28.8e6 and 56.6e6 < n57 < 57.1e6
+    assert set(FUSION_PRESETS) == {"paper-text-29m", "paper-appendix-a"}
+
+
+def test_gradients_reach_every_expert_and_the_router():
+    hidden, z_base = make_inputs()
+    f = DepthRoutedFusion(L, C, 16)
+    f(hidden, z_base).latent.square().sum().backward()
+    for name, p in f.named_parameters():
+        assert p.grad is not None, name
+        if p.ndim == 3:  # stacked expert weights: every expert slice gets a gradient
+            assert all(p.grad[k].abs().sum() > 0 for k in range(L)), name
+    assert f.router.weight.grad.abs().sum() > 0
+
+
+def test_bad_shapes_name_the_values():
+    hidden, z_base = make_inputs()
+    f = DepthRoutedFusion(L, C, 16)
+    with pytest.raises(ValueError, match=r"hidden_states must be \[L=4, B, N, C=32\], got \(3, 2, 9, 32\)"):
+        f(hidden[:3], z_base)
+    with pytest.raises(ValueError, match="routing='topk'"):
+        DepthRoutedFusion(L, C, 16, routing="topk")
