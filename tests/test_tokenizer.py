@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+
+from drorae import DRoRAE, DecoderConfig, DepthRoutedFusion, RAEDecoder, load_backbone
+from drorae.decoder import CheckpointKeyError
+
+
+def tiny_decoder(latent_dim=64, num_patches=64):
+    return RAEDecoder(DecoderConfig(latent_dim=latent_dim, hidden_size=32, num_layers=2, num_heads=2,
+                                    intermediate_size=64, patch_size=4, num_patches=num_patches))
+
+
+@pytest.fixture
+def model(dinov2_reg_dir):
+    torch.manual_seed(0)
+    bb = load_backbone(str(dinov2_reg_dir), input_size=32)
+    m = DRoRAE(bb, tiny_decoder(), DepthRoutedFusion(bb.num_layers, bb.hidden_size, 16, norm_eps=bb.norm_eps))
+    m.set_latent_stats(torch.randn(64, 8, 8) * 0.1, torch.rand(64, 8, 8) + 0.5)
+    return m.eval()
+
+
+def test_encode_decode_shapes_and_fusion_switch(model, images):
+    z = model.encode(images)
+    assert z.shape == (2, 64, 8, 8)
+    x = model.decode(z)
+    assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
+    model.fusion_enabled = False
+    z_rae = model.encode(images)
+    feats = model.backbone(images)
+    ref = (feats.z_base.transpose(1, 2).reshape(2, 64, 8, 8) - model.latent_mean) / (model.latent_std + 1e-5)
+    torch.testing.assert_close(z_rae, ref)
+    assert not torch.allclose(z, z_rae)
+
+
+def test_forward_noise_only_in_training(model, images):
+    out1, out2 = model(images, noise_tau=0.8), model(images, noise_tau=0.8)
+    torch.testing.assert_close(out1.reconstruction, out2.reconstruction)  # eval: no noise
+    torch.testing.assert_close(out1.reconstruction, model.decode(out1.latent), rtol=1e-4, atol=1e-4)
+    model.train()
+    assert not model.backbone.training  # frozen backbone stays in eval mode
+    a, b = model(images, noise_tau=0.8), model(images, noise_tau=0.8)
+    assert not torch.allclose(a.reconstruction, b.reconstruction)
+
+
+def test_backbone_runs_without_graph_but_fusion_gets_gradients(model, images):
+    model.train()
+    out = model(images)
+    out.reconstruction.mean().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.fusion.router.weight.grad is not None and model.decoder.pred.weight.grad is not None
+
+
+@pytest.mark.parametrize("save_backbone", [True, False])
+def test_save_pretrained_round_trip_is_identical(model, images, tmp_path, save_backbone):
+    model.save_pretrained(tmp_path / "m", save_backbone=save_backbone)
+    assert (tmp_path / "m" / "backbone").is_dir() == save_backbone
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["_class_name"] == "DRoRAE" and cfg["fusion"]["expert_hidden"] == 16
+    loaded = DRoRAE.from_pretrained(tmp_path / "m").eval()
+    torch.testing.assert_close(loaded.encode(images), model.encode(images), rtol=0, atol=0)
+    z = model.encode(images)
+    torch.testing.assert_close(loaded.decode(z), model.decode(z), rtol=0, atol=0)
+    assert loaded.parameter_counts() == model.parameter_counts()
+
+
+def test_checkpoint_for_another_backbone_width_is_refused(model, tmp_path):
+    from tests.conftest import save_tiny_dinov2
+
+    model.save_pretrained(tmp_path / "m", save_backbone=False)
+    save_tiny_dinov2(tmp_path / "wide", hidden=128, heads=2)
+    with pytest.raises(ValueError, match="has width 128 and 3 blocks, but the checkpoint .* width 64 with 3 blocks"):
+        DRoRAE.from_pretrained(tmp_path / "m", backbone=str(tmp_path / "wide"))
+
+
+def test_corrupt_or_truncated_weights_are_clear_errors(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors is corrupt or truncated"):
+        DRoRAE.from_pretrained(tmp_path / "m")
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        DRoRAE.from_pretrained(tmp_path / "m")
+
+
+def test_weights_with_missing_keys_are_refused(model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    state = load_file(str(path))
+    del state["decoder.pred.weight"]
+    save_file(state, str(path))
+    with pytest.raises(CheckpointKeyError, match=r"missing keys \['decoder.pred.weight'\]"):
+        DRoRAE.from_pretrained(tmp_path / "m")
+
+
+def test_bad_inputs(model):
+    with pytest.raises(ValueError, match="3 channels"):
+        model.encode(torch.rand(1, 1, 32, 32))
+    with pytest.raises(TypeError, match="floating-point"):
+        model.encode(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"latent must be \[B, C=64, h, w\], got \(1, 32, 8, 8\)"):
+        model.decode(torch.zeros(1, 32, 8, 8))
+    with pytest.raises(ValueError, match="decoder expects latent width 32, but the backbone width is 64"):
+        DRoRAE(model.backbone, tiny_decoder(latent_dim=32))
