@@ -1,0 +1,152 @@
+"""The ``drorae`` command line: thin wrappers that parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _cmd_import_rae(args: argparse.Namespace) -> int:
+    from .interop import import_rae
+
+    model = import_rae(args.src, backbone=args.backbone, stats=args.stats, input_size=args.input_size,
+                       num_heads=args.num_heads, key=args.key)
+    model.save_pretrained(args.dst, save_backbone=not args.reference_backbone)
+    counts = model.parameter_counts()
+    print(f"imported {args.src} -> {args.dst} (fusion off; backbone {counts['backbone']:,} + decoder {counts['decoder']:,} parameters)")
+    return 0
+
+
+def _cmd_export_rae(args: argparse.Namespace) -> int:
+    from .interop import export_rae
+    from .tokenizer import DRoRAE
+
+    model = DRoRAE.from_pretrained(args.model)
+    if args.disable_fusion:
+        model.fusion_enabled = False
+    export_rae(model, args.dst)
+    print(f"wrote diffusers AutoencoderRAE directory {args.dst}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .tokenizer import DRoRAE
+
+    model = DRoRAE.from_pretrained(args.model)
+    counts = model.parameter_counts()
+    config = model.config.to_dict()
+    if config.get("latent_stats_shape") is not None:
+        config["latent_stats_shape"] = list(config["latent_stats_shape"])
+    if args.json:
+        print(json.dumps({"config": config, "parameters": counts}, indent=2))
+        return 0
+    bb = model.backbone
+    print(f"DRoRAE at {args.model}")
+    print(f"  backbone  {bb.family} ({config['backbone']}): {bb.num_layers} blocks, width {bb.hidden_size}, "
+          f"patch {bb.patch_size}, input {bb.input_size}px -> {bb.grid_size}x{bb.grid_size} tokens")
+    if model.fusion is not None:
+        f = model.fusion
+        print(f"  fusion    {'on' if model.fusion_enabled else 'off'}: routing={f.routing}, correction={f.correction}, "
+              f"beta={f.beta}, expert_hidden={f.expert_hidden}, layers={f.layers}")
+    else:
+        print("  fusion    none (plain RAE)")
+    d = model.decoder.config
+    print(f"  decoder   width {d.hidden_size}, {d.num_layers} blocks, {d.num_heads} heads, patch {d.patch_size} "
+          f"-> {d.image_size}px")
+    print(f"  latent    [{bb.hidden_size}, {bb.grid_size}, {bb.grid_size}], normalised={model.config.latent_norm}, "
+          f"scaling_factor={model.config.scaling_factor}")
+    print("  parameters:")
+    for part in ("backbone", "fusion", "decoder", "total"):
+        print(f"    {part:<9} {counts[part]:>14,}")
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    from .data import load_rgb, pil_to_tensor
+    from .tokenizer import DRoRAE
+
+    device = torch.device(args.device)
+    model = DRoRAE.from_pretrained(args.model, map_location=device).eval()
+    if args.no_fusion:
+        model.fusion_enabled = False
+    size = model.decoder.config.image_size
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in args.images:
+        image = load_rgb(path)
+        if image is None:
+            print(f"skipped {path}: not a readable image", file=sys.stderr)
+            failed += 1
+            continue
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        x = pil_to_tensor(image).unsqueeze(0).to(device)
+        with torch.no_grad():
+            rec = model.decode(model.encode(x)).clamp(0, 1)
+        target = out / f"{Path(path).stem}_recon.png"
+        save_image(torch.cat([x, rec]), target, nrow=2, padding=2)
+        mse = torch.mean((x - rec) ** 2).item()
+        psnr = 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item()
+        print(f"{path} -> {target} (original | reconstruction, PSNR {psnr:.2f} dB)")
+    return 1 if failed == len(args.images) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drorae", description="DRoRAE visual tokenizer: import, inspect, reconstruct, train, demo.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("import-rae", help="convert a diffusers AutoencoderRAE dir or an RAE decoder file into a DRoRAE dir",
+                       description="Build a fusion-off DRoRAE that encodes/decodes exactly like the source RAE model.")
+    p.add_argument("src", help="diffusers AutoencoderRAE directory, or RAE decoder checkpoint (.pt/.pth/.safetensors)")
+    p.add_argument("dst", help="output DRoRAE directory")
+    p.add_argument("--backbone", help="backbone path or cached hub id (required for an RAE decoder file)")
+    p.add_argument("--stats", help="RAE latent statistics file with 'mean' and 'var'")
+    p.add_argument("--input-size", type=int, default=224, help="backbone input size for a decoder file (default 224)")
+    p.add_argument("--num-heads", type=int, help="decoder heads, if the decoder width is not an RAE preset")
+    p.add_argument("--key", help="entry of a nested checkpoint holding the decoder state dict (e.g. ema)")
+    p.add_argument("--reference-backbone", action="store_true", help="reference the backbone by path instead of storing it")
+    p.set_defaults(func=_cmd_import_rae)
+
+    p = sub.add_parser("export-rae", help="write a DRoRAE dir (fusion off) as a diffusers AutoencoderRAE dir")
+    p.add_argument("model", help="DRoRAE directory")
+    p.add_argument("dst", help="output AutoencoderRAE directory")
+    p.add_argument("--disable-fusion", action="store_true", help="export the plain-RAE path of a model that has fusion")
+    p.set_defaults(func=_cmd_export_rae)
+
+    p = sub.add_parser("info", help="print a DRoRAE dir's config and parameter counts per part")
+    p.add_argument("model", help="DRoRAE directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("reconstruct", help="encode and decode images, save original | reconstruction PNGs")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", required=True, help="DRoRAE directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-fusion", action="store_true", help="decode the plain-RAE latent (fusion off)")
+    p.set_defaults(func=_cmd_reconstruct)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
+        if os.environ.get("DRORAE_TRACEBACK"):
+            raise
+        print(f"drorae {args.command}: error: {err} (set DRORAE_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from drorae.cli import build_parser, main
+
+from .test_interop import diffusers_rae_dir  # noqa: F401  (fixture)
+
+COMMANDS = ["import-rae", "export-rae", "info", "reconstruct"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: drorae " + command in capsys.readouterr().out
+
+
+def test_console_script_is_installed_or_module_runs():
+    out = subprocess.run([sys.executable, "-m", "drorae.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "import-rae" in out.stdout
+
+
+def test_import_info_reconstruct(diffusers_rae_dir, tmp_path, capsys):  # noqa: F811
+    assert main(["import-rae", str(diffusers_rae_dir), str(tmp_path / "m")]) == 0
+    assert main(["info", str(tmp_path / "m")]) == 0
+    text = capsys.readouterr().out
+    from drorae import DRoRAE
+
+    counts = DRoRAE.from_pretrained(tmp_path / "m").parameter_counts()
+    assert f"backbone  {counts['backbone']:>14,}" in text
+    assert f"decoder   {counts['decoder']:>14,}" in text
+    assert f"fusion    {0:>14,}" in text and "none (plain RAE)" in text
+
+    g = torch.Generator().manual_seed(0)
+    for name in ("a", "b"):
+        Image.fromarray((torch.rand(48, 40, 3, generator=g) * 255).byte().numpy()).save(tmp_path / f"{name}.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    code = main(["reconstruct", "--model", str(tmp_path / "m"), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                 str(tmp_path / "bad.png"), "--out", str(tmp_path / "rec")])
+    assert code == 0
+    out = Image.open(tmp_path / "rec" / "a_recon.png")
+    assert out.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # original | reconstruction grid, 2 px padding
+    assert not (tmp_path / "rec" / "bad_recon.png").exists()
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_messages(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "drorae info: error:" in err and "config.json not found" in err
+
+
+def test_no_fake_commands():
+    choices = build_parser()._subparsers._group_actions[0].choices
+    assert set(COMMANDS) <= set(choices)
