@@ -98,6 +98,18 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 1 if failed == len(args.images) else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .training import Trainer, load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, args.phase, args.out, data_dir=args.data, init=args.init, resume=args.resume)
+    trainer.run(max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drorae", description="DRoRAE visual tokenizer: import, inspect, reconstruct, train, demo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -132,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-fusion", action="store_true", help="decode the plain-RAE latent (fusion off)")
     p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("train", help="train one phase (1, 2, 3, joint, full) from a YAML config",
+                       description="Train one DRoRAE phase. Launch with torchrun for several GPUs/processes. "
+                                   "Extra key=value arguments override the config (e.g. train.batch_size=64).")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--phase", required=True, choices=["1", "2", "3", "joint", "full"], help="phase to train")
+    p.add_argument("--data", required=True, help="image folder (class sub-folders or flat)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints/, tensorboard/, model/")
+    p.add_argument("--init", help="previous phase's --out directory (or a DRoRAE save_pretrained dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule still spans train.max_steps)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint interval in steps (overrides train.checkpoint_every)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_cmd_train)
 
     return parser
 
