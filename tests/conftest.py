@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Tiny models: one thread is faster and immune to oversubscription; subprocesses inherit it.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def save_tiny_dinov2(path, registers: int = 4, hidden: int = 64, layers: int = 3, heads: int = 1, patch: int = 4):

@@ -76,6 +76,7 @@ class LossSection:
     gan_weight: float = 0.75
     discriminator: str = "dino"  # dino | patch | none
     disc_backbone: Optional[str] = None  # local DINO ViT dir for the "dino" discriminator
+    disc_channels: int = 64  # width of the "patch" discriminator's first layer
     disc_start_step: int = 0
     disc_update_start_step: int = 0
     disc_lr: float = 2e-4

@@ -49,6 +49,7 @@ PHASE_GROUPS = {
     "joint": ("fusion", "decoder"),
     "full": ("decoder", "backbone"),
 }
+DISCRIMINATOR_FILE = "discriminator.safetensors"
 DECODER_NOISE = {"1": True, "2": False, "3": True, "joint": True, "full": True}
 
 
@@ -225,6 +226,7 @@ class Trainer:
         self.loss_fn = self._build_loss().to(self.device)
         self.disc = self.loss_fn.discriminator
         self.disc_params = [p for p in self.disc.parameters() if p.requires_grad] if self.disc is not None else []
+        self._init_discriminator(init)
 
         # -- optimisers, EMA
         o = cfg.optim
@@ -271,12 +273,29 @@ class Trainer:
                                      "or use loss.discriminator=patch")
                 disc = build_discriminator("dino", backbone_path=c.disc_backbone)
             else:
-                disc = build_discriminator("patch")
+                disc = build_discriminator("patch", base_channels=c.disc_channels)
         return ReconstructionLoss(
             l1_weight=c.l1_weight, perceptual=perceptual, perceptual_weight=c.perceptual_weight,
             gan_weight=c.gan_weight, discriminator=disc, diffaug_policy=c.diffaug_policy,
             disc_start=c.disc_start_step, disc_update_start=c.disc_update_start_step,
             max_adaptive_weight=c.max_adaptive_weight)
+
+    def _init_discriminator(self, init: str | Path | None) -> None:
+        """Carry the previous phase's discriminator over (its run dir holds discriminator.safetensors)."""
+        if self.disc is None or init is None:
+            return
+        path = Path(init) / DISCRIMINATOR_FILE
+        if not path.is_file():
+            return
+        from ..tokenizer import load_safetensors
+
+        state = load_safetensors(path)
+        if set(state) != set(self._disc_state()):
+            log.warning("not reusing %s: it belongs to a different discriminator", path)
+            return
+        load_strict(self.disc, state, source=path)
+        if self.is_main:
+            print(f"discriminator initialised from {path}", flush=True)
 
     def _last_layer(self) -> Tensor:
         """Where the adaptive GAN weight compares gradient norms: the last trained layer."""
@@ -550,6 +569,11 @@ class Trainer:
             with torch.no_grad():
                 for (_, p), r in zip(self.trained, raw):
                     p.copy_(r)
+            if self.disc is not None:  # lets the next phase start with a trained critic
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().contiguous().cpu() for k, v in self._disc_state().items()},
+                          str(self.out / DISCRIMINATOR_FILE))
         if self.world > 1:
             dist.barrier()
         return model_dir

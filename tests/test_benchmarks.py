@@ -1,0 +1,78 @@
+"""benchmarks/fusion_overhead.py: the analytic FLOP counter and a toy end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fusion_overhead.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("fusion_overhead", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_encoder_flops_toy_by_hand(bench):
+    # C=64, 2 blocks, input 32 / patch 8 -> 16 patches, + CLS + 4 registers -> N=21 tokens.
+    # Per block in multiply-adds: qkv 3*21*64^2 = 258048, proj 21*64^2 = 86016,
+    # MLP 2*21*64*256 = 688128, attention 2*21^2*64 = 56448  -> 1088640 MACs.
+    # Patch embedding 16 * (3*8*8) * 64 = 196608 MACs.  FLOPs = 2 * (2*1088640 + 196608).
+    f = bench.encoder_flops(64, 2, num_patches=16, prefix_tokens=5, patch=8)
+    assert f["tokens"] == 21
+    assert f["per_block"] == {"qkv": 516096, "attn_proj": 172032, "mlp": 1376256, "attention": 112896}
+    assert f["block"] == 2 * 1088640
+    assert f["patch_embed"] == 393216
+    assert f["total"] == 4747776
+
+
+def test_fusion_flops_toy_by_hand(bench):
+    # C=64, L=2, N=16 patch tokens (prefix dropped), h=128.
+    # Experts: 2 layers * (16*64*128 + 16*128*64) = 524288 MACs; router 16 * (64*2) * 2 = 4096 MACs.
+    f = bench.fusion_flops(64, 2, 16, 128)
+    assert f["experts"] == 1048576
+    assert f["router"] == 8192
+    assert f["fwd"] == 1056768
+    # Backward on frozen inputs: first expert matmul and router weight-grad only (1x), second 2x.
+    assert f["bwd"] == 524288 + 2 * 524288 + 8192
+    assert f["fwd_bwd"] == 1056768 + 1581056
+
+
+def test_design_md_section6_arithmetic(bench):
+    # DESIGN.md section 6: DINOv2-B ~47 GFLOP/img at 224; fusion h=3072 ~29 GFLOP (~62%), h=1536 ~31%.
+    enc = bench.encoder_flops(768, 12, num_patches=256, prefix_tokens=5, patch=14)["total"]
+    assert enc / 1e9 == pytest.approx(47.08, abs=0.01)
+    for h, gflop, ratio in ((3072, 29.05, 0.617), (1536, 14.55, 0.309)):
+        fwd = bench.fusion_flops(768, 12, 256, h)["fwd"]
+        assert fwd / 1e9 == pytest.approx(gflop, abs=0.01)
+        assert fwd / enc == pytest.approx(ratio, abs=0.001)
+
+
+def test_toy_run(bench, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    result = bench.main(
+        ["--hidden", "64", "--layers", "2", "--heads", "4", "--patch", "8", "--input-size", "32",
+         "--expert-hidden", "128", "--batch", "2", "--iters", "1", "--device", "cpu", "--json", str(out)]
+    )
+    stages = [(r["stage"], r["expert_hidden"]) for r in result["rows"]]
+    assert stages == [("encoder", None), ("encoder+fusion", 128), ("fusion fwd", 128), ("fusion fwd+bwd", 128)]
+    rows = {s: r for s, r in zip(stages, result["rows"])}
+    assert rows[("encoder", None)]["gflop_per_image"] * 1e9 == pytest.approx(4747776)
+    assert rows[("encoder+fusion", 128)]["gflop_per_image"] * 1e9 == pytest.approx(4747776 + 1056768)
+    assert rows[("fusion fwd+bwd", 128)]["flop_vs_encoder"] == pytest.approx(2637824 / 4747776)
+    for r in result["rows"]:
+        assert r["ms_per_batch"] > 0 and len(r["times_s"]) == 1
+    assert result["meta"]["patch_tokens"] == 16 and result["meta"]["prefix_tokens"] == 5
+    assert json.loads(out.read_text())["summary"][0]["expert_hidden"] == 128
+
+    table = capsys.readouterr().out
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| stage | h | ms/batch | img/s |")
+    assert [line.split("|")[1].strip() for line in lines[1:5]] == ["encoder", "encoder+fusion", "fusion fwd", "fusion fwd+bwd"]
+    assert any(line.startswith("| 128 |") for line in lines)  # the ratio summary row

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+CPU_TINY = REPO / "configs" / "cpu-tiny.yaml"
+
+
+def write_images(folder: Path, count: int, seed: int = 0, size=(40, 48)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        # smooth random images (a decoder can make progress on them in a few steps)
+        small = rng.integers(0, 255, (5, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize(size[::-1], Image.Resampling.BICUBIC).save(folder / f"img_{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("data") / "cls_a", 24).parent
+
+
+@pytest.fixture(scope="session")
+def phase1_run(tmp_path_factory, image_dir):
+    """A short phase-1 run shared by tests of the later phases."""
+    from drorae.training import Trainer, load_config
+
+    out = tmp_path_factory.mktemp("phase1")
+    cfg = load_config(CPU_TINY, ["train.max_steps=3"])
+    Trainer(cfg, "1", out, data_dir=image_dir, progress=False).run()
+    return out

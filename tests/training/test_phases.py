@@ -1,0 +1,69 @@
+"""Each phase trains exactly its parameter groups; frozen groups stay bit-identical."""
+
+import pytest
+import torch
+
+from drorae import DRoRAE
+from drorae.training import Trainer, load_config
+
+from .conftest import CPU_TINY
+
+
+def snapshot(model: DRoRAE) -> dict[str, dict[str, torch.Tensor]]:
+    parts = {"backbone": model.backbone, "fusion": model.fusion, "decoder": model.decoder}
+    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in parts.items() if m is not None}
+
+
+def changed(before: dict, after: dict) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("phase,trains,needs_init", [
+    ("1", {"decoder"}, False),
+    ("2", {"fusion"}, True),
+    ("joint", {"fusion", "decoder"}, True),
+    ("full", {"decoder", "backbone"}, "phase2"),
+    ("3", {"decoder"}, "phase2"),
+])
+def test_phase_trains_only_its_groups(phase, trains, needs_init, phase1_run, image_dir, tmp_path):
+    cfg = load_config(CPU_TINY, ["train.max_steps=3", "train.checkpoint_every=100"])
+    init = None
+    if needs_init == "phase2":
+        Trainer(cfg, "2", tmp_path / "p2", data_dir=image_dir, init=phase1_run, progress=False).run()
+        init = tmp_path / "p2"
+    elif needs_init:
+        init = phase1_run
+    trainer = Trainer(cfg, phase, tmp_path / "run", data_dir=image_dir, init=init, progress=False)
+    before = snapshot(trainer.model)
+    optimised = {id(p) for g in trainer.opt.param_groups for p in g["params"]}
+    result = trainer.run()
+    after = snapshot(trainer.model)
+    for group in before:
+        assert changed(before[group], after[group]) == (group in trains), f"phase {phase}: group {group}"
+    # frozen groups: no gradients, no optimizer state
+    for name, module in (("backbone", trainer.model.backbone), ("fusion", trainer.model.fusion), ("decoder", trainer.model.decoder)):
+        if module is None:
+            continue
+        for p in module.parameters():
+            assert (id(p) in optimised) == (name in trains)
+            if name not in trains:
+                assert p.grad is None
+    # the exported directory loads and holds the EMA weights of the trained groups
+    loaded = DRoRAE.from_pretrained(result.model_dir)
+    assert loaded.fusion_enabled == (phase != "1")
+    ema = dict(zip(trainer.ema.names, trainer.ema.shadow))
+    for n, p in loaded.named_parameters():
+        if n in ema:
+            torch.testing.assert_close(p, ema[n], rtol=0, atol=0)
+
+
+def test_phase2_without_init_is_refused(tmp_path, image_dir):
+    cfg = load_config(CPU_TINY)
+    with pytest.raises(ValueError, match="phase 2 starts from the previous phase's output: pass --init"):
+        Trainer(cfg, "2", tmp_path, data_dir=image_dir)
+
+
+def test_phase3_needs_a_fusion_module(tmp_path, image_dir, phase1_run):
+    cfg = load_config(CPU_TINY)
+    with pytest.raises(ValueError, match="no fusion module: pass a phase-2 output"):
+        Trainer(cfg, "3", tmp_path, data_dir=image_dir, init=phase1_run)
