@@ -110,6 +110,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    return 0 if report else 1
+
+
+def _cmd_data_sample(args: argparse.Namespace) -> int:
+    from .sample_data import write_sample_dataset
+
+    counts = write_sample_dataset(args.dir, crop_size=args.max_size)
+    print(f"wrote {counts['train']} train and {counts['heldout']} held-out photos to {args.dir}/train and {args.dir}/heldout")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drorae", description="DRoRAE visual tokenizer: import, inspect, reconstruct, train, demo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="checkpoint interval in steps (overrides train.checkpoint_every)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="the whole pipeline offline on CPU at toy scale, with a report",
+                       description="Pretrain (or reuse) a tiny backbone, probe its layers, train phases 1-3 and the "
+                                   "controls, evaluate on held-out photos, write report.md/report.json and figures.")
+    p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers meaningless)")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("data", help="datasets")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    q = data_sub.add_parser("sample", help="write the offline sample photos (train/ and heldout/) as an image folder")
+    q.add_argument("dir", help="output directory")
+    q.add_argument("--max-size", type=int, help="downscale so the shorter side is at most this (default: full size)")
+    q.set_defaults(func=_cmd_data_sample)
 
     return parser
 

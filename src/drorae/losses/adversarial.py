@@ -121,6 +121,7 @@ class ReconstructionLoss(nn.Module):
         disc_update_start: first step at which the discriminator is trained.
         max_adaptive_weight: clamp of the adaptive weight.
         generator_loss_kind: see :func:`generator_loss`.
+        mse_weight: weight of an optional pixel MSE term (0 = off, the paper's objective).
 
     The caller owns the optimisers: generator step ``loss(real, rec, last_layer_weight, step)
     ["total"].backward()``, then, if ``loss.schedule.discriminator_active(step)``, zero the
@@ -140,11 +141,13 @@ class ReconstructionLoss(nn.Module):
         disc_update_start: int = 0,
         max_adaptive_weight: float = 1e4,
         generator_loss_kind: str = "hinge",
+        mse_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if generator_loss_kind not in GENERATOR_LOSS_KINDS:
             raise ValueError(f"generator_loss_kind must be one of {GENERATOR_LOSS_KINDS}")
         self.l1_weight = float(l1_weight)
+        self.mse_weight = float(mse_weight)
         self.perceptual = perceptual
         self.perceptual_weight = float(perceptual_weight)
         self.gan_weight = float(gan_weight)
@@ -197,6 +200,10 @@ class ReconstructionLoss(nn.Module):
         l1 = F.l1_loss(reconstruction.float(), real.float())
         losses["l1"] = l1
         rec_loss = self.l1_weight * l1
+        if self.mse_weight > 0:  # optional; the paper's objective is L1 + LPIPS + GAN
+            mse = F.mse_loss(reconstruction.float(), real.float())
+            losses["mse"] = mse
+            rec_loss = rec_loss + self.mse_weight * mse
         if self.perceptual is not None and self.perceptual_weight > 0:
             perceptual = self.perceptual(reconstruction, real)
             losses[self.perceptual_name] = perceptual

@@ -70,6 +70,7 @@ class DataSection:
 @dataclass
 class LossSection:
     l1_weight: float = 1.0
+    mse_weight: float = 0.0  # optional pixel MSE (not in the paper; the CPU demo uses it)
     perceptual: str = "lpips"  # lpips | stlpips | none
     perceptual_weight: float = 1.0
     lpips_vgg_path: Optional[str] = None  # vgg16-397923af.pth

@@ -275,7 +275,7 @@ class Trainer:
             else:
                 disc = build_discriminator("patch", base_channels=c.disc_channels)
         return ReconstructionLoss(
-            l1_weight=c.l1_weight, perceptual=perceptual, perceptual_weight=c.perceptual_weight,
+            l1_weight=c.l1_weight, mse_weight=c.mse_weight, perceptual=perceptual, perceptual_weight=c.perceptual_weight,
             gan_weight=c.gan_weight, discriminator=disc, diffaug_policy=c.diffaug_policy,
             disc_start=c.disc_start_step, disc_update_start=c.disc_update_start_step,
             max_adaptive_weight=c.max_adaptive_weight)
