@@ -1,0 +1,49 @@
+"""`drorae demo --quick`: the whole pipeline end to end in seconds (numbers meaningless)."""
+
+import json
+
+import pytest
+
+from drorae.cli import main
+from drorae.demo import ROWS
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cache = tmp_path_factory.mktemp("cache")
+    import os
+
+    old = os.environ.get("DRORAE_CACHE")
+    os.environ["DRORAE_CACHE"] = str(cache)
+    try:
+        assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    finally:
+        if old is None:
+            os.environ.pop("DRORAE_CACHE")
+        else:
+            os.environ["DRORAE_CACHE"] = old
+    return out
+
+
+def test_demo_writes_every_artifact(demo_out):
+    for name in ("report.json", "report.md", "reconstructions.png", "router_weights.png", "layer_probe.png", "loss_curves.png"):
+        assert (demo_out / name).is_file() and (demo_out / name).stat().st_size > 0, name
+    for stage in ("phase1", "phase2", "phase3", "rae_matched", "phase2_last_layer"):
+        assert (demo_out / stage / "model" / "model.safetensors").is_file()
+
+
+def test_report_json_shape_and_markdown_shows_its_numbers(demo_out):
+    report = json.loads((demo_out / "report.json").read_text())
+    assert set(report["phases"]) == set(ROWS)
+    for row in ROWS:
+        assert set(report["phases"][row]) >= {"psnr", "ssim", "fd"}
+    assert len(report["layer_probe_psnr"]) == report["backbone"]["recipe"]["num_layers"] + 1
+    assert {"backbone", "probe", "phase1", "phase2", "phase3", "rae_matched", "phase2_last_layer", "eval"} <= set(report["seconds"])
+    md = (demo_out / "report.md").read_text()
+    for row in ROWS:
+        r = report["phases"][row]
+        assert f"| {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fd']:.4f} |" in md
+    assert " | ".join(f"{v:.2f}" for v in report["layer_probe_psnr"]) in md
+    for claim in report["claims"]:
+        assert claim["claim"] in md
