@@ -150,18 +150,22 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def build_model(cfg: TrainConfig, phase: str, init: str | Path | None) -> DRoRAE:
+    """The model a phase starts from: ``--init``'s output, or a fresh one (phases 1 and joint)."""
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r} is not one of {PHASES}")
     if init is not None:
-        model = DRoRAE.from_pretrained(resolve_model_dir(init))
-    else:
-        if phase in ("2", "3", "full"):
-            raise ValueError(f"phase {phase} starts from the previous phase's output: pass --init "
-                             f"({'a phase-1' if phase == '2' else 'a phase-2'} --out directory)")
-        torch.manual_seed(cfg.train.seed)
-        backbone = (load_backbone(cfg.model.backbone, input_size=cfg.model.input_size)
-                    if cfg.model.backbone else _random_backbone(cfg))
-        model = DRoRAE(backbone, RAEDecoder(_decoder_config(cfg, backbone)))
+        return prepare_for_phase(DRoRAE.from_pretrained(resolve_model_dir(init)), cfg, phase)
+    if phase in ("2", "3", "full"):
+        raise ValueError(f"phase {phase} starts from the previous phase's output: pass --init "
+                         f"({'a phase-1' if phase == '2' else 'a phase-2'} --out directory)")
+    torch.manual_seed(cfg.train.seed)
+    backbone = (load_backbone(cfg.model.backbone, input_size=cfg.model.input_size)
+                if cfg.model.backbone else _random_backbone(cfg))
+    return prepare_for_phase(DRoRAE(backbone, RAEDecoder(_decoder_config(cfg, backbone))), cfg, phase)
+
+
+def prepare_for_phase(model: DRoRAE, cfg: TrainConfig, phase: str) -> DRoRAE:
+    """Add the fusion module where a phase needs a new one; switch fusion on/off; check sizes."""
     if phase in ("2", "joint") and model.fusion is None:
         torch.manual_seed(cfg.train.seed + 1)
         model.add_fusion(build_fusion(cfg, model.backbone))
@@ -196,11 +200,13 @@ def set_trainable(model: DRoRAE, phase: str) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 class Trainer:
-    """Runs one phase. ``dataset`` may replace the image folder (e.g. the demo's random crops)."""
+    """Runs one phase. ``dataset`` may replace the image folder (e.g. the demo's random crops) and
+    ``model`` an in-memory model (benchmarks); otherwise the model comes from ``init`` or the config."""
 
     def __init__(self, cfg: TrainConfig, phase: str, out_dir: str | Path, *, data_dir: str | Path | None = None,
                  init: str | Path | None = None, resume: bool = False, dataset: Any = None,
-                 progress: bool | None = None, loss_hook: Callable[[dict, int], dict] | None = None):
+                 progress: bool | None = None, loss_hook: Callable[[dict, int], dict] | None = None,
+                 model: DRoRAE | None = None):
         self.cfg, self.phase, self.out = cfg, str(phase), Path(out_dir)
         self.resume, self.loss_hook = resume, loss_hook
         device_kind = "cuda" if (cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())) else "cpu"
@@ -214,7 +220,8 @@ class Trainer:
         self.bf16 = prec == "bf16" or (prec == "auto" and device_kind == "cuda" and torch.cuda.is_bf16_supported())
 
         # -- model and trainable groups
-        self.model = build_model(cfg, self.phase, init).to(self.device)
+        self.model = (prepare_for_phase(model, cfg, self.phase) if model is not None
+                      else build_model(cfg, self.phase, init)).to(self.device)
         self.groups = set_trainable(self.model, self.phase)
         self.noise_tau = cfg.model.noise_tau if DECODER_NOISE[self.phase] else 0.0
         self.trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -353,51 +360,11 @@ class Trainer:
         t_start = t_log = time.perf_counter()
         images_since_log = 0
         last: dict[str, Tensor] = {}
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         while self.step < stop_at:
-            lr = self.lr_at(self.step)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-            # -- generator / tokenizer step (gradient accumulation over micro-batches)
-            if self.disc_params:
-                for p in self.disc_params:
-                    p.requires_grad_(False)  # D is a fixed critic in the G step; input grads still flow
-            for _ in range(c.train.grad_accum):
-                x = next(batches)["images"].to(self.device, non_blocking=True)
-                with autocast:
-                    out = self.model(x, noise_tau=self.noise_tau)
-                    losses = self.loss_fn(x, out.reconstruction, self._last_layer(), self.step)
-                if self.loss_hook is not None:
-                    losses = self.loss_hook(losses, self.step)
-                (losses["total"] / c.train.grad_accum).backward()
-                nonfinite |= ~torch.isfinite(losses["total"].detach())
-                images_since_log += x.shape[0]
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self.trained]
-            if self.world > 1:
-                _all_reduce_mean(grads, self.world)
-            for (_, p), g in zip(self.trained, grads):
-                p.grad = g
-            grad_norm = (torch.nn.utils.clip_grad_norm_([p for _, p in self.trained], c.optim.grad_clip)
-                         if c.optim.grad_clip > 0 else torch.zeros(()))
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.ema.update()
-            # -- discriminator step
-            if self.disc_params:
-                for p in self.disc_params:
-                    p.requires_grad_(True)
-                if self.loss_fn.discriminator_active(self.step):
-                    with autocast:
-                        d_losses = self.loss_fn.discriminator_loss(x, out.reconstruction.detach())
-                    self.disc_opt.zero_grad(set_to_none=True)
-                    d_losses["total"].backward()
-                    if self.world > 1:
-                        _all_reduce_mean([p.grad for p in self.disc_params if p.grad is not None], self.world)
-                    self.disc_opt.step()
-                    losses = {**losses, **{f"disc/{k}": v for k, v in d_losses.items() if k != "total"}}
-            self.step += 1
-            last = {k: v.detach() for k, v in losses.items()}
-            last["grad_norm"] = grad_norm.detach()
+            micro = [next(batches)["images"] for _ in range(c.train.grad_accum)]
+            last, x, rec = self.train_step(micro, nonfinite)
+            images_since_log += sum(m.shape[0] for m in micro)
+            lr = self.opt.param_groups[0]["lr"]
 
             is_log = self.step % c.train.log_every == 0 or self.step == stop_at
             is_ckpt = self.step % every == 0 or self.step == stop_at
@@ -415,7 +382,7 @@ class Trainer:
                 t_log, images_since_log = now, 0
                 self._log(record, writer, bar)
             if c.train.image_every and self.step % c.train.image_every == 0 and self.is_main and writer is not None:
-                self._log_images(writer, x, out.reconstruction)
+                self._log_images(writer, x, rec)
             if is_ckpt:
                 self._save_checkpoint()
             if bar is not None:
@@ -438,6 +405,55 @@ class Trainer:
         return TrainResult(model_dir=model_dir, steps=self.step, seconds=seconds, history=self.history, skipped_files=skipped)
 
     # ---------------------------------------------------------------------------------------
+    def train_step(self, micro_batches: list[Tensor], nonfinite: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches (+ the discriminator's step).
+
+        Returns detached losses, the last micro-batch and its reconstruction. ``nonfinite`` (a
+        device bool) is or-ed with "the loss was NaN/inf" without a host sync.
+        """
+        c = self.cfg
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        # -- generator / tokenizer step (gradient accumulation over micro-batches)
+        for p in self.disc_params:
+            p.requires_grad_(False)  # D is a fixed critic in the G step; input grads still flow
+        for x in micro_batches:
+            x = x.to(self.device, non_blocking=True)
+            with autocast:
+                out = self.model(x, noise_tau=self.noise_tau)
+                losses = self.loss_fn(x, out.reconstruction, self._last_layer(), self.step)
+            if self.loss_hook is not None:
+                losses = self.loss_hook(losses, self.step)
+            (losses["total"] / len(micro_batches)).backward()
+            nonfinite |= ~torch.isfinite(losses["total"].detach())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self.trained]
+        if self.world > 1:
+            _all_reduce_mean(grads, self.world)
+        for (_, p), g in zip(self.trained, grads):
+            p.grad = g
+        grad_norm = (torch.nn.utils.clip_grad_norm_([p for _, p in self.trained], c.optim.grad_clip)
+                     if c.optim.grad_clip > 0 else torch.zeros((), device=self.device))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update()
+        # -- discriminator step
+        for p in self.disc_params:
+            p.requires_grad_(True)
+        if self.disc_params and self.loss_fn.discriminator_active(self.step):
+            with autocast:
+                d_losses = self.loss_fn.discriminator_loss(x, out.reconstruction.detach())
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_losses["total"].backward()
+            if self.world > 1:
+                _all_reduce_mean([p.grad for p in self.disc_params if p.grad is not None], self.world)
+            self.disc_opt.step()
+            losses = {**losses, **{f"disc/{k}": v for k, v in d_losses.items() if k != "total"}}
+        self.step += 1
+        last = {k: v.detach() for k, v in losses.items()}
+        last["grad_norm"] = grad_norm.detach()
+        return last, x, out.reconstruction.detach()
+
     def _describe(self) -> None:
         g = self.groups
         lines = [f"phase {self.phase}: trainable parameter groups"]
