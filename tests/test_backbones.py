@@ -65,3 +65,44 @@ def test_bad_images_raise_clear_errors(dinov2_reg_dir):
 def test_input_size_must_be_patch_multiple(dinov2_reg_dir):
     with pytest.raises(ValueError, match="input_size=30 must be a multiple of the backbone patch size 4"):
         load_backbone(str(dinov2_reg_dir), input_size=30)
+
+
+def _save(model, path):
+    model.save_pretrained(path)
+    return path
+
+
+def test_vit_mae_keeps_every_token_in_order(tmp_path, images):
+    from transformers import ViTMAEConfig, ViTMAEModel
+
+    torch.manual_seed(0)
+    cfg = ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4,
+                       image_size=32, mask_ratio=0.75)
+    ref = ViTMAEModel(cfg).eval()
+    bb = load_backbone(str(_save(ref, tmp_path / "mae")), input_size=32)
+    out = bb(images)
+    assert bb.family == "mae" and bb.num_prefix_tokens == 1 and out.hidden_states.shape == (2, 2, 64, 32)
+    pixels = bb.preprocess(images)
+    noise = torch.arange(64, dtype=torch.float32).expand(2, 64)  # identity order
+    ref.config.mask_ratio = 0.0
+    with torch.no_grad():
+        r = ref(pixel_values=pixels, noise=noise, output_hidden_states=True)
+    torch.testing.assert_close(out.hidden_states[-1], r.hidden_states[-1][:, 1:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.z_base, F.layer_norm(r.hidden_states[-1][:, 1:], (32,), eps=cfg.layer_norm_eps), rtol=0, atol=1e-5)
+
+
+def test_siglip_vision_tower_has_no_prefix_tokens(tmp_path, images):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    cfg = SiglipVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             patch_size=4, image_size=32)
+    ref = SiglipVisionModel(cfg).eval()
+    bb = load_backbone(str(_save(ref, tmp_path / "siglip")), input_size=32)
+    assert bb.family == "siglip" and bb.num_prefix_tokens == 0
+    torch.testing.assert_close(bb.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
+    out = bb(images)
+    with torch.no_grad():
+        r = ref(pixel_values=bb.preprocess(images), output_hidden_states=True)
+    assert out.hidden_states.shape == (2, 2, 64, 32)
+    torch.testing.assert_close(out.hidden_states[0], r.hidden_states[1], rtol=0, atol=1e-6)
