@@ -99,6 +99,24 @@ class _SharedEpoch:
         self._value.fill_(int(epoch))
 
 
+class EpochSeededDataset(Dataset):
+    """Base for datasets whose randomness is a function of ``(seed, epoch, index)``.
+
+    ``set_epoch`` reaches DataLoader workers (persistent ones included) through a shared tensor.
+    """
+
+    def __init__(self) -> None:
+        self._epoch = _SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws ``__getitem__`` makes."""
+        self._epoch.set(epoch)
+
+
 # --------------------------------------------------------------------------------------------
 # Listing and decoding
 # --------------------------------------------------------------------------------------------
@@ -243,7 +261,7 @@ def _resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 # --------------------------------------------------------------------------------------------
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(EpochSeededDataset):
     """Square, optionally flipped crops of the images of a folder.
 
     Each image is resized so that its shorter side equals ``image_size`` (bicubic,
@@ -272,15 +290,7 @@ class ImageFolderDataset(Dataset):
         self.image_size = int(image_size)
         self.random_flip = bool(random_flip)
         self.seed = int(seed)
-        self._epoch = _SharedEpoch()
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random flips ``__getitem__`` draws."""
-        self._epoch.set(epoch)
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from .data import _SharedEpoch, pil_to_tensor, sample_generator, to_rgb
+from .data import EpochSeededDataset, pil_to_tensor, sample_generator, to_rgb
 
 __all__ = [
     "HELDOUT_PHOTOS",
@@ -197,7 +196,7 @@ def _random_crop(
     return tensor
 
 
-class RandomCropDataset(Dataset):
+class RandomCropDataset(EpochSeededDataset):
     """Scale-jittered random crops of a few photos, reproducible per ``(seed, epoch, index)``.
 
     Sample ``index`` of epoch ``e`` picks a photo uniformly at random, a scale
@@ -230,15 +229,7 @@ class RandomCropDataset(Dataset):
         self.scale = _check_scale(scale)
         self.seed = int(seed)
         self.random_flip = bool(random_flip)
-        self._epoch = _SharedEpoch()
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose crops ``__getitem__`` draws."""
-        self._epoch.set(epoch)
+        super().__init__()
 
     def __len__(self) -> int:
         return self.length
