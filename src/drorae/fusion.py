@@ -208,7 +208,9 @@ class DepthRoutedFusion(nn.Module):
         if z_base.shape != hidden_states.shape[1:]:
             raise ValueError(f"z_base shape {tuple(z_base.shape)} must equal hidden_states[k] shape {tuple(hidden_states.shape[1:])}")
         _, b, n, c = hidden_states.shape
-        z = self.ln_bb(hidden_states.index_select(0, self.layer_index)).reshape(len(self.layers), b * n, c)  # [K, M, C]
+        if len(self.layers) != self.num_layers:  # a subset (scaling study); all layers need no gather copy
+            hidden_states = hidden_states.index_select(0, self.layer_index)
+        z = self.ln_bb(hidden_states).reshape(len(self.layers), b * n, c)  # [K, M, C]
         h = self.ln_bb(self.experts(z))  # eq. 2: h_k = LN_bb(e_k(LN_bb(z^(k))))
 
         if self.routing == "cross_attention":
