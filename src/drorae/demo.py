@@ -45,10 +45,10 @@ class DemoPlan:
     """Budgets of the demo. ``quick`` is for tests (seconds, numbers meaningless)."""
 
     crop: int = 64
-    batch_size: int = 32
-    phase1_steps: int = 600
-    phase2_steps: int = 300
-    phase3_steps: int = 300
+    batch_size: int = 16
+    phase1_steps: int = 500
+    phase2_steps: int = 250
+    phase3_steps: int = 250
     lr_decoder: float = 5e-4
     lr_fusion: float = 1e-3
     eval_crops: int = 256

@@ -86,7 +86,8 @@ class LayerExperts(nn.Module):
 
     def _run(self, x: Tensor, idx: slice) -> Tensor:
         y = torch.baddbmm(self.b_in[idx], x, self.w_in[idx])  # [K, M, h]
-        y = F.layer_norm(y, (self.hidden,), eps=self.ln_eps) * self.ln_weight[idx] + self.ln_bias[idx]
+        # per-expert LayerNorm affine in one fused kernel (F.layer_norm's affine is shared across rows)
+        y = torch.addcmul(self.ln_bias[idx], F.layer_norm(y, (self.hidden,), eps=self.ln_eps), self.ln_weight[idx])
         return torch.baddbmm(self.b_out[idx], self.act(y), self.w_out[idx])  # [K, M, C]
 
     def forward(self, x: Tensor) -> Tensor:
