@@ -46,9 +46,9 @@ class DemoPlan:
 
     crop: int = 64
     batch_size: int = 16
-    phase1_steps: int = 500
-    phase2_steps: int = 250
-    phase3_steps: int = 250
+    phase1_steps: int = 1000
+    phase2_steps: int = 150
+    phase3_steps: int = 150
     lr_decoder: float = 5e-4
     lr_fusion: float = 1e-3
     eval_crops: int = 256

@@ -66,6 +66,8 @@ STATS_FILE = "pretrain_stats.json"
 #: Bumped when the training code changes what a recipe produces, so old cache entries are
 #: not reused (the version is part of :meth:`BackboneRecipe.key`).
 _TRAINER_VERSION = 1
+#: What the classification head reads: the CLS token, the mean patch token, or both concatenated.
+_POOLS = ("cls", "mean", "cls+mean")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class BackboneRecipe:
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    pool: str = "cls"
     # optimisation
     steps: int = 500
     batch_size: int = 64
@@ -132,6 +135,8 @@ class BackboneRecipe:
             raise ValueError(f"scale must satisfy 0 < low <= high, got {self.scale}")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        if self.pool not in _POOLS:
+            raise ValueError(f"pool must be one of {_POOLS}, got {self.pool!r}")
         for name in ("channel_perm_p", "grayscale_p", "blur_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
@@ -321,6 +326,13 @@ def init_backbone(recipe: BackboneRecipe, out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
+def _pooled(tokens: Tensor, recipe: BackboneRecipe) -> Tensor:
+    """The head's input from the final-LayerNorm tokens ``[B, 1 + R + N, C]``."""
+    cls = tokens[:, 0]
+    patches = tokens[:, 1 + recipe.num_register_tokens :].mean(1)
+    return {"cls": cls, "mean": patches, "cls+mean": torch.cat([cls, patches], -1)}[recipe.pool]
+
+
 def _lr_at(step: int, recipe: BackboneRecipe) -> float:
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
@@ -362,7 +374,7 @@ def pretrain_backbone(
     model = _new_model(recipe)
     model.train()
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream alone
-        head = nn.Linear(recipe.hidden_size, num_classes)
+        head = nn.Linear(recipe.hidden_size * (2 if recipe.pool == "cls+mean" else 1), num_classes)
     with torch.no_grad():  # a zero head starts at exactly the chance-level loss
         head.weight.zero_()
         head.bias.zero_()
@@ -394,8 +406,7 @@ def pretrain_backbone(
             pixels = (crops - mean) / std
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, recipe)
-            cls = model(pixel_values=pixels).last_hidden_state[:, 0]
-            logits = head(cls)
+            logits = head(_pooled(model(pixel_values=pixels).last_hidden_state, recipe))
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
