@@ -304,11 +304,17 @@ class Trainer:
         if self.is_main:
             print(f"discriminator initialised from {path}", flush=True)
 
-    def _last_layer(self) -> Tensor:
-        """Where the adaptive GAN weight compares gradient norms: the last trained layer."""
+    def _adaptive_anchor(self, reconstruction: Tensor) -> Tensor:
+        """Where the adaptive GAN weight compares gradient norms.
+
+        The decoder's last layer when the decoder trains (Esser et al.). In phase 2 the decoder is
+        frozen and the last *trained* layer sits before it, so each gradient norm would cost a full
+        backward through the decoder; the decoder output is used instead (same ratio, measured
+        one step later in the graph, at the cost of the loss networks only).
+        """
         if self.model.decoder.pred.weight.requires_grad:
             return self.model.decoder.pred.weight
-        return self.model.fusion.experts.w_out
+        return reconstruction
 
     def lr_at(self, step: int) -> float:
         o, total = self.cfg.optim, self.cfg.train.max_steps
@@ -422,7 +428,7 @@ class Trainer:
             x = x.to(self.device, non_blocking=True)
             with autocast:
                 out = self.model(x, noise_tau=self.noise_tau)
-                losses = self.loss_fn(x, out.reconstruction, self._last_layer(), self.step)
+                losses = self.loss_fn(x, out.reconstruction, self._adaptive_anchor(out.reconstruction), self.step)
             if self.loss_hook is not None:
                 losses = self.loss_hook(losses, self.step)
             (losses["total"] / len(micro_batches)).backward()
