@@ -71,11 +71,11 @@ def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, ext
 
 
 @torch.no_grad()
-def evaluate(model_dir: Path, images: torch.Tensor, feature_fn, batch_size: int = 64) -> dict[str, float]:
+def evaluate(model_dir: Path, images: torch.Tensor, feature_fn, backbone=None, batch_size: int = 64) -> dict[str, float]:
     from .metrics import ReconstructionMetrics
     from .tokenizer import DRoRAE
 
-    model = DRoRAE.from_pretrained(model_dir).eval()
+    model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()  # reuse the loaded frozen backbone
     metrics = ReconstructionMetrics(feature_fn=feature_fn, fd_name="fd")
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size]
@@ -84,11 +84,11 @@ def evaluate(model_dir: Path, images: torch.Tensor, feature_fn, batch_size: int 
 
 
 @torch.no_grad()
-def reconstructions(model_dir: Path, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def reconstructions(model_dir: Path, images: torch.Tensor, backbone=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reconstructions and, when fusion is on, the routing weights [B, N, K]."""
     from .tokenizer import DRoRAE
 
-    model = DRoRAE.from_pretrained(model_dir).eval()
+    model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()
     out = model(images)
     weights = out.fusion.weights if out.fusion is not None else None
     return out.reconstruction.clamp(0, 1), weights
@@ -155,9 +155,9 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bo
 
     model_dirs = {"rae": out / "phase1" / "model", "phase2": out / "phase2" / "model", "phase3": out / "phase3" / "model",
                   "rae_matched": out / "rae_matched" / "model", "phase2_last_layer": out / "phase2_last_layer" / "model"}
-    results = {row: evaluate(model_dirs[row], eval_images, features) for row in ROWS}
+    results = {row: evaluate(model_dirs[row], eval_images, features, backbone) for row in ROWS}
     figures = write_figures(out, eval_images, model_dirs, probe_curve, histories, plot_layer_probe,
-                            plot_router_weights, router_weight_maps, backbone.grid_size)
+                            plot_router_weights, router_weight_maps, backbone)
     seconds["eval"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
 
@@ -268,7 +268,7 @@ def render_markdown(report: dict) -> str:
 
 
 def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, plot_layer_probe, plot_router_weights,
-                  router_weight_maps, grid: int) -> dict[str, str]:
+                  router_weight_maps, backbone) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -281,7 +281,7 @@ def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, pl
     columns = [("original", x)]
     weights = None
     for row, title in (("rae", "RAE (phase 1)"), ("phase2", "phase 2"), ("phase3", "phase 3")):
-        rec, w = reconstructions(model_dirs[row], x)
+        rec, w = reconstructions(model_dirs[row], x, backbone)
         columns.append((title, rec))
         if row == "phase2":
             weights = w
@@ -308,7 +308,7 @@ def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, pl
     figures["layer_probe"] = "layer_probe.png"
 
     if weights is not None:
-        maps = router_weight_maps(weights[:1], (grid, grid))[0]
+        maps = router_weight_maps(weights[:1], (backbone.grid_size, backbone.grid_size))[0]
         plot_router_weights(maps, out / "router_weights.png",
                             layer_names=[f"block {i + 1}" for i in range(maps.shape[0])],
                             title="phase-2 routing weights w_k per token (one held-out crop)")
