@@ -26,12 +26,15 @@ def test_recipe_json_roundtrip_and_key() -> None:
         recipe.replace(seed=1).key(),
         recipe.replace(blur_p=0.4).key(),
         recipe.replace(scale=(0.5, 2.0)).key(),
+        recipe.replace(pool="mean").key(),
     }
-    assert recipe.key() not in changed and len(changed) == 5
+    assert recipe.key() not in changed and len(changed) == 6
     with pytest.raises(ValueError):
         BackboneRecipe.from_dict({**recipe.to_dict(), "bogus": 1})
     with pytest.raises(ValueError):
         BackboneRecipe(image_size=60)  # not a multiple of the patch
+    with pytest.raises(ValueError):
+        BackboneRecipe(pool="max")
 
 
 def test_augment_batch_is_seeded_and_in_range() -> None:
