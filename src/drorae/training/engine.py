@@ -442,7 +442,7 @@ class Trainer:
                      if c.optim.grad_clip > 0 else torch.zeros((), device=self.device))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.ema.update()
+        self.ema.update(self.step)
         # -- discriminator step
         for p in self.disc_params:
             p.requires_grad_(True)
