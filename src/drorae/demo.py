@@ -51,6 +51,7 @@ class DemoPlan:
     phase3_steps: int = 150
     lr_decoder: float = 5e-4
     lr_fusion: float = 1e-3
+    lr_finetune: float = 2e-4  # phase 3 and rae_matched continue a trained decoder: a gentler re-warm-up
     eval_crops: int = 256
     probe_train_crops: int = 512
     seed: int = 0
@@ -135,8 +136,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bo
         ("phase1", "1", None, plan.phase1_steps, plan.lr_decoder, []),
         ("phase2", "2", "phase1", plan.phase2_steps, plan.lr_fusion, []),
         ("phase2_last_layer", "2", "phase1", plan.phase2_steps, plan.lr_fusion, [f"model.fusion.layers=[{L}]"]),
-        ("phase3", "3", "phase2", plan.phase3_steps, plan.lr_decoder, []),
-        ("rae_matched", "1", "phase1", plan.phase2_steps + plan.phase3_steps, plan.lr_decoder, []),
+        ("phase3", "3", "phase2", plan.phase3_steps, plan.lr_finetune, []),
+        ("rae_matched", "1", "phase1", plan.phase2_steps + plan.phase3_steps, plan.lr_finetune, []),
     ]
     histories: dict[str, list] = {}
     for name, phase, init, steps, lr, extra in stages:
