@@ -569,7 +569,7 @@ def probe_demo_backbones(
 # while other jobs ran, minutes longer, time not comparable. Idle speed per step: 64 px
 # 0.83-0.98 s, 48 px 0.55 s, 32 px 0.32-0.35 s (the cost follows the token count, 69 / 41 /
 # 21 with CLS and registers). A 64 px recipe fits only ~250-290 steps in 240 s.
-# The default's probe at its own 32 px: 36.5 34.0 32.0 30.3 29.5 29.0 | 26.6 (random init
+# The 32 px / 640-step recipe's probe at its own 32 px: 36.5 34.0 32.0 30.3 29.5 29.0 | 26.6 (random init
 # 37.7 36.1 35.3 34.5 34.1 33.7 | 31.0), so the 64 px numbers are not an artefact of
 # interpolated position embeddings. Seeds move z_base by a few dB (it is the noisiest number);
 # the per-block curve is stable. The 32 px / 640-step recipe took 211-223 s on an otherwise idle
