@@ -7,16 +7,22 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install test demo clean
 
+# The demo needs only the runtime dependencies; the test extras (pytest, diffusers) are added
+# by `make test`, so a first `make demo` does not spend time installing them.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
 demo: install
