@@ -47,3 +47,29 @@ def test_report_json_shape_and_markdown_shows_its_numbers(demo_out):
     assert " | ".join(f"{v:.2f}" for v in report["layer_probe_psnr"]) in md
     for claim in report["claims"]:
         assert claim["claim"] in md
+
+
+def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
+    """evaluate_models runs the frozen backbone once for all rows; the numbers must be those of
+    the plain per-model path: ReconstructionMetrics on decode(encode(x)) with its own FD passes."""
+    import torch
+
+    from drorae import sample_data
+    from drorae.backbones import load_backbone
+    from drorae.demo import evaluate_models
+    from drorae.metrics import ReconstructionMetrics
+    from drorae.tokenizer import DRoRAE
+
+    report = json.loads((demo_out / "report.json").read_text())
+    crop = report["plan"]["crop"]
+    backbone = load_backbone(report["backbone"]["directory"], input_size=crop)
+    images = sample_data.fixed_eval_crops(sample_data.load_photos("heldout"), crop, 12, seed=3)
+    dirs = {"rae": demo_out / "phase1" / "model", "phase2": demo_out / "phase2" / "model"}
+    shared = evaluate_models(dirs, images, backbone, batch_size=5)  # uneven last batch on purpose
+    for row, model_dir in dirs.items():
+        model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()
+        alone = ReconstructionMetrics(feature_fn=lambda x: backbone(x).z_base.mean(dim=1))
+        with torch.no_grad():
+            alone.update(images, model.decode(model.encode(images)).clamp(0, 1))
+        for name, value in alone.compute().items():
+            assert shared[row][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (row, name)

@@ -239,6 +239,23 @@ def test_reconstruction_metrics() -> None:
         metrics.compute()
 
 
+def test_precomputed_real_features_give_the_same_metrics() -> None:
+    """Callers that already ran the feature network on the originals pass its output instead."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(10, 3, 16, 16, generator=g)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    plain, shared = ReconstructionMetrics(feature_fn=_pooled), ReconstructionMetrics(feature_fn=_pooled)
+    for xb, yb in zip(x.split(4), y.split(4)):
+        plain.update(xb, yb)
+        shared.update(xb, yb, real_features=_pooled(xb))
+    assert shared.compute() == pytest.approx(plain.compute(), rel=1e-12)
+    fd = FrechetFeatureDistance(_pooled, name="FD-toy")
+    with pytest.raises(ValueError, match="either real images or real_features"):
+        fd.update(real=x, real_features=_pooled(x))
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        fd.update(real_features=torch.rand(2, 3, 4))
+
+
 # --------------------------------------------------------------------------------------------- Inception
 
 

@@ -34,6 +34,15 @@ def test_encode_decode_shapes_and_fusion_switch(model, images):
     assert not torch.allclose(z, z_rae)
 
 
+def test_tokens_from_a_shared_backbone_pass_equal_encode_tokens(model, images):
+    feats = model.backbone(images)
+    for fusion_on in (True, False):
+        model.fusion_enabled = fusion_on
+        direct, shared = model.encode_tokens(images), model.tokens_from_features(feats)
+        torch.testing.assert_close(shared[0], direct[0], rtol=0, atol=0)
+        torch.testing.assert_close(shared[1], direct[1], rtol=0, atol=0)
+
+
 def test_forward_noise_only_in_training(model, images):
     out1, out2 = model(images, noise_tau=0.8), model(images, noise_tau=0.8)
     torch.testing.assert_close(out1.reconstruction, out2.reconstruction)  # eval: no noise

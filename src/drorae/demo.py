@@ -72,16 +72,32 @@ def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, ext
 
 
 @torch.no_grad()
-def evaluate(model_dir: Path, images: torch.Tensor, feature_fn, backbone=None, batch_size: int = 64) -> dict[str, float]:
+def evaluate_models(model_dirs: dict[str, Path], images: torch.Tensor, backbone, batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """PSNR / SSIM / Frechet distance in the backbone's feature space (mean-pooled z_base) of
+    every model on ``images``, ``{row: metrics}``.
+
+    All rows share the frozen ``backbone``: it runs once over the originals, and that pass
+    feeds every model's encoder and the real side of the FD; each model then adds only its
+    decoder and one backbone pass over its reconstructions (their FD features).
+    """
     from .metrics import ReconstructionMetrics
     from .tokenizer import DRoRAE
 
-    model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()  # reuse the loaded frozen backbone
-    metrics = ReconstructionMetrics(feature_fn=feature_fn, fd_name="fd")
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
-        metrics.update(x, model.decode(model.encode(x)).clamp(0, 1))
-    return {k: float(v) for k, v in metrics.compute().items()}
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        return backbone(x).z_base.mean(dim=1)
+
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    features = [backbone(x) for x in batches]
+    results = {}
+    for row, model_dir in model_dirs.items():
+        model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()  # reuse the loaded frozen backbone
+        metrics = ReconstructionMetrics(feature_fn=pooled, fd_name="fd")
+        for x, feats in zip(batches, features):
+            tokens = model.tokens_from_features(feats)[0]
+            reconstruction = model.decode(model.tokens_to_latent(tokens)).clamp(0, 1)
+            metrics.update(x, reconstruction, real_features=feats.z_base.mean(dim=1))
+        results[row] = {k: float(v) for k, v in metrics.compute().items()}
+    return results
 
 
 @torch.no_grad()
@@ -151,12 +167,9 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bo
     # 8. evaluation, figures, report -----------------------------------------------------------
     t = stage("evaluation on held-out crops")
 
-    def features(x: torch.Tensor) -> torch.Tensor:  # the frozen backbone's mean-pooled z_base
-        return backbone(x).z_base.mean(dim=1)
-
     model_dirs = {"rae": out / "phase1" / "model", "phase2": out / "phase2" / "model", "phase3": out / "phase3" / "model",
                   "rae_matched": out / "rae_matched" / "model", "phase2_last_layer": out / "phase2_last_layer" / "model"}
-    results = {row: evaluate(model_dirs[row], eval_images, features, backbone) for row in ROWS}
+    results = evaluate_models({row: model_dirs[row] for row in ROWS}, eval_images, backbone)
     figures = write_figures(out, eval_images, model_dirs, probe_curve, histories, plot_layer_probe,
                             plot_router_weights, router_weight_maps, backbone)
     seconds["eval"] = time.perf_counter() - t

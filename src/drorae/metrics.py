@@ -315,10 +315,19 @@ class FrechetFeatureDistance:
             )
         return feats
 
-    def update(self, real: Tensor | None = None, fake: Tensor | None = None) -> None:
-        """Add a batch of real and/or fake images (either may be omitted)."""
+    def update(self, real: Tensor | None = None, fake: Tensor | None = None, *,
+               real_features: Tensor | None = None) -> None:
+        """Add a batch of real and/or fake images (either may be omitted).
+
+        ``real_features`` (``[B, D]``, what ``feature_fn(real)`` returns) may be given instead of
+        ``real`` when the caller already has them, e.g. from a backbone pass it shares.
+        """
+        if real is not None and real_features is not None:
+            raise ValueError("pass either real images or real_features, not both")
         if real is not None:
             self.real_stats.update(self._features(real))
+        if real_features is not None:
+            self.real_stats.update(real_features)
         if fake is not None:
             self.fake_stats.update(self._features(fake))
 
@@ -371,13 +380,20 @@ class ReconstructionMetrics:
         if self.fd is not None:
             self.fd.reset()
 
-    def update(self, originals: Tensor, reconstructions: Tensor) -> None:
-        """Add a batch of original images and their reconstructions (``[B, 3, H, W]`` in [0, 1])."""
+    def update(self, originals: Tensor, reconstructions: Tensor, real_features: Tensor | None = None) -> None:
+        """Add a batch of original images and their reconstructions (``[B, 3, H, W]`` in [0, 1]).
+
+        ``real_features``: ``feature_fn(originals)`` if the caller already computed it (saves a
+        feature pass when several models are scored on the same originals).
+        """
         self._psnr_sum += psnr(originals, reconstructions).double().sum().item()
         self._ssim_sum += ssim(originals, reconstructions).double().sum().item()
         self.num_images += originals.shape[0]
         if self.fd is not None:
-            self.fd.update(real=originals, fake=reconstructions)
+            if real_features is None:
+                self.fd.update(real=originals, fake=reconstructions)
+            else:
+                self.fd.update(fake=reconstructions, real_features=real_features)
 
     def compute(self) -> dict[str, float]:
         """Return ``{"psnr": mean dB, "ssim": mean, fd_name: distance}`` (FD only with a feature_fn)."""

@@ -160,7 +160,11 @@ class DRoRAE(nn.Module):
 
     def encode_tokens(self, images: Tensor) -> tuple[Tensor, Tensor, FusionOutput | None]:
         """images -> (z_final [B,N,C], z_base [B,N,C], fusion output or None), before normalisation."""
-        feats = self._run_backbone(images)
+        return self.tokens_from_features(self._run_backbone(images))
+
+    def tokens_from_features(self, feats: BackboneOutput) -> tuple[Tensor, Tensor, FusionOutput | None]:
+        """:meth:`encode_tokens` from an already computed backbone output, so that several
+        tokenizers on the same frozen backbone (e.g. the rows of an evaluation) share one pass."""
         if self.fusion_enabled:
             fused = self.fusion(feats.hidden_states, feats.z_base)
             return fused.latent, feats.z_base, fused
