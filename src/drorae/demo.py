@@ -46,7 +46,7 @@ class DemoPlan:
 
     crop: int = 64
     batch_size: int = 16
-    phase1_steps: int = 700  # 1000 held the claims too, but a first run (with pretraining) then took ~15.5 min
+    phase1_steps: int = 1000
     phase2_steps: int = 150
     phase3_steps: int = 150
     lr_decoder: float = 5e-4

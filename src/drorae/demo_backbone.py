@@ -584,3 +584,21 @@ def probe_demo_backbones(
 # 0.99) also still holds ~22% of the random initial fusion after 150 steps (raw weights are
 # 0.2-0.3 dB better). With this backbone's stronger phase-1 decoder there was no time left in
 # 15 minutes for the longer phase 2 that it needs.
+#
+# Two more candidates for a faster first run (2026-11-23, current code: EMA warm-up, lr_finetune
+# 2e-4, phase 1 1000 steps; full demo each, backbone trained from scratch, idle machine):
+#   64 px, batch 32, 500 steps: pretraining 222 s; probe 36.9 35.1 34.0 33.2 32.8 31.8 | 29.3;
+#     rae 26.80, phase2 26.55, phase3 27.12, rae_matched 27.34, phase2_last_layer 26.26: all
+#     three claims fail.
+#   64 px, batch 64, 350 steps: pretraining 288 s; probe 36.3 34.0 32.5 32.1 31.4 30.7 | 24.3;
+#     rae 26.89, phase2 26.96, phase3 27.19, rae_matched 27.21, phase2_last_layer 26.88: phase 2
+#     wins by 0.07 dB, phase 3 loses by 0.02. A 300-step phase 2 (lr 1e-3 or 3e-3) gave only
+#     26.97-27.02. An identity-initialised fusion (the last block's expert set to exactly the
+#     identity, which Linear -> LN -> GELU -> Linear with h >= 2C can be, and the router on that
+#     block, so that phase 2 starts at RAE exactly) did not help either: phase 2 27.01 vs its
+#     last-block control 27.02 after 150 steps. So it is not shipped.
+# What separates them from the default is the decoder, not the probe: their z_base probes are
+# as low as the default's (24.3-29.3 vs 24.9), yet an RAE decoder reaches 26.8-26.9 dB on them
+# and 24.5-25.2 on the default, i.e. the default's last block really lost more. The default
+# therefore stays (64 px, batch 64, 500 steps, ~410 s idle at ~0.82 s/step), and the demo's
+# phase 1 went from 1000 to 700 steps to make room (claims with 700: see the README).
