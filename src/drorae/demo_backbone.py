@@ -600,5 +600,11 @@ def probe_demo_backbones(
 # What separates them from the default is the decoder, not the probe: their z_base probes are
 # as low as the default's (24.3-29.3 vs 24.9), yet an RAE decoder reaches 26.8-26.9 dB on them
 # and 24.5-25.2 on the default, i.e. the default's last block really lost more. The default
-# therefore stays (64 px, batch 64, 500 steps, ~410 s idle at ~0.82 s/step), and the demo's
-# phase 1 went from 1000 to 700 steps to make room (claims with 700: see the README).
+# therefore stays (64 px, batch 64, 500 steps). Its cost was overestimated before from busy
+# runs: on an idle machine with 2 threads it pretrains in 360 s (0.72 s/step), and a whole
+# first `make demo` fits in 15 minutes with the demo's 1000-step phase 1 (README). A 700-step
+# phase 1 was tried to buy margin: on the 2-thread backbone it gave rae 24.51, phase2 24.91,
+# phase3 25.15, rae_matched 25.19, phase2_last_layer 24.51 (phase 3 lost by 0.04 dB; on the
+# cached 1-thread build of the same recipe it had won by 0.16), so phase 1 stays at 1000.
+# Note: the same recipe trained with 1 and with 2 torch threads gives slightly different
+# weights (probe z_base 24.85 vs 24.99); the cache key does not include the thread count.
