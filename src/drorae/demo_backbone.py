@@ -601,8 +601,9 @@ def probe_demo_backbones(
 # as low as the default's (24.3-29.3 vs 24.9), yet an RAE decoder reaches 26.8-26.9 dB on them
 # and 24.5-25.2 on the default, i.e. the default's last block really lost more. The default
 # therefore stays (64 px, batch 64, 500 steps). Its cost was overestimated before from busy
-# runs: on an idle machine with 2 threads it pretrains in 360 s (0.72 s/step), and a whole
-# first `make demo` fits in 15 minutes with the demo's 1000-step phase 1 (README). A 700-step
+# runs: with 2 threads it pretrains in 360 s (0.72 s/step) when the machine runs at full speed
+# and in 464 s when it is loaded, so a whole first `make demo` with the demo's 1000-step phase 1
+# takes about 14 min at full speed and measured 17 min 17 s in a slow period (README). A 700-step
 # phase 1 was tried to buy margin: on the 2-thread backbone it gave rae 24.51, phase2 24.91,
 # phase3 25.15, rae_matched 25.19, phase2_last_layer 24.51 (phase 3 lost by 0.04 dB; on the
 # cached 1-thread build of the same recipe it had won by 0.16), so phase 1 stays at 1000.
