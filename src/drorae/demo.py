@@ -46,8 +46,8 @@ class DemoPlan:
 
     crop: int = 64
     batch_size: int = 16
-    phase1_steps: int = 1000
-    phase2_steps: int = 150
+    phase1_steps: int = 800
+    phase2_steps: int = 300  # a fresh fusion needs ~300 steps to pass the frozen decoder's RAE
     phase3_steps: int = 150
     lr_decoder: float = 5e-4
     lr_fusion: float = 1e-3
