@@ -77,8 +77,8 @@ class BackboneRecipe:
     Architecture (a ``transformers`` ``Dinov2WithRegistersConfig``): ``hidden_size``,
     ``num_layers``, ``num_heads``, ``mlp_ratio``, ``patch_size``, ``num_register_tokens``,
     ``image_size`` (= the pretraining crop size; the backbone accepts other multiples of the
-    patch, its position embeddings interpolate). A cheaper 32 px recipe was tried and
-    rejected: see the tuning notes at the bottom of this file.
+    patch, its position embeddings interpolate). Width 192 and cheaper 32 / 48 px recipes
+    were tried: see the tuning notes at the bottom of this file.
 
     Objective: classify which training photo a crop came from, from ``pool`` (default the CLS
     output of the final, affine LayerNorm; ``"mean"``: the mean patch token, ``"cls+mean"``:
@@ -546,6 +546,36 @@ def probe_demo_backbones(
 # Tuning notes (2 CPU cores, torch 2.14.1, 2 threads; one seed each unless said; indicative)
 # ------------------------------------------------------------------------------------------------
 #
+# THE CURRENT DEFAULT (2026-11-23, later): width 128, 2 heads, 6 blocks, 64 px, batch 64, 500 steps,
+# with the demo plan phase 1 800 / phase 2 300 / phase 3 150 steps (rae_matched 450).
+# Why it replaced width 192: the 192-wide backbone below held every claim, but its pretraining
+# alone took 440-470 s in slow periods of this machine (1.2-1.3 s/step measured on a slow day), so
+# a first `make demo` took 16.7-17.3 min, and about 22 min projected on the slowest day. Width 128
+# has (128/192)^2 of the GEMM FLOPs: 296 s of pretraining on that slow day (2 threads).
+#   probe (held-out, dB): 34.2 31.3 29.9 28.8 28.8 27.6 | z_base 23.8 (random init is lower for
+#   block 1 than width 192's 35-36: 128 numbers per 192-pixel patch cannot be lossless).
+#   With the old plan (phase 1 1000, phase 2 150, phase 3 150): rae 27.11, phase2 26.96,
+#   phase3 27.41, rae_matched 27.14, phase2_last_layer 27.08: claims 1-2 fail, claim 3 holds by
+#   0.27. The phase-2 fusion does not pass the frozen decoder in 150 steps (train-crop PSNR 28.99
+#   vs RAE's 29.35). Same phase-1 decoder, other phase-2 settings (EMA export | raw weights):
+#     lr 3e-4, 150 steps:                  phase2 26.97 | 27.15, phase2_last_layer 26.47 | 26.54
+#     lr 3e-3, 150 steps:                  phase2 26.97 | 27.15
+#     identity-initialised fusion, 150:    phase2 26.82 | 27.09, phase2_last_layer 26.92 | 27.16
+#     lr 1e-3, 300 steps:                  phase2 27.43 | 27.54, phase2_last_layer 26.96
+#   so phase 2 got 300 steps, paid for by phase 1 (800: with width 128 the phase-1 decoder was
+#   nearly converged at 1000 steps, rae_matched gained only +0.03 dB from 300 more). Stages-only
+#   run of the current plan on the 2-thread build: rae 26.50, phase2 27.03, phase3 27.51,
+#   rae_matched 27.36, phase2_last_layer 26.27 (all three claims hold: +0.53, +0.76, +0.15 dB);
+#   stages 440 s on the slow day. The README has the fresh-clone run.
+# Also tried on the slow day (full demo, old plan): 48 px crops everywhere (recipe image_size 48,
+# demo crop 48): pretraining 393 s (slow day), probe 36.3 34.3 32.7 32.0 31.3 30.8 | 26.4, rae 26.27,
+# phase2 26.30, phase3 26.72, rae_matched 26.63, phase2_last_layer 26.37 (claim 2 fails). The
+# 32 px / 640-step backbone (below) rerun with the current code (EMA warm-up, lr_finetune): rae
+# 25.61, phase2 25.16, phase3 25.58, rae_matched 25.95, phase2_last_layer 25.34 (all fail); with an
+# identity-initialised fusion its phase 2 reached 25.78 but the last-block control 25.83.
+#
+# Earlier notes (width 192):
+#
 # Held-out layer probe at 64 px (probe_demo_backbones: 512 train-photo crops, 256 held-out
 # crops, ridge alpha 1), dB, blocks 1..6 | z_base. Random init of the same architecture:
 # about 38.5 36.7 35.7 35.0 34.5 34.2 | 31.4 (32 px init; 37.2 ... 33.8 | 30.5 for 64 px).
@@ -597,15 +627,15 @@ def probe_demo_backbones(
 #     identity, which Linear -> LN -> GELU -> Linear with h >= 2C can be, and the router on that
 #     block, so that phase 2 starts at RAE exactly) did not help either: phase 2 27.01 vs its
 #     last-block control 27.02 after 150 steps. So it is not shipped.
-# What separates them from the default is the decoder, not the probe: their z_base probes are
+# What separates them from the (then) default is the decoder, not the probe: their z_base probes are
 # as low as the default's (24.3-29.3 vs 24.9), yet an RAE decoder reaches 26.8-26.9 dB on them
-# and 24.5-25.2 on the default, i.e. the default's last block really lost more. The default
-# therefore stays (64 px, batch 64, 500 steps). Its cost was overestimated before from busy
+# and 24.5-25.2 on the default, i.e. the default's last block really lost more. The width-192
+# default therefore stayed then (64 px, batch 64, 500 steps). Its cost was overestimated before from busy
 # runs: with 2 threads it pretrains in 360 s (0.72 s/step) when the machine runs at full speed
 # and in 464 s when it is loaded, so a whole first `make demo` with the demo's 1000-step phase 1
 # takes about 14 min at full speed and measured 17 min 17 s in a slow period (README). A 700-step
 # phase 1 was tried to buy margin: on the 2-thread backbone it gave rae 24.51, phase2 24.91,
 # phase3 25.15, rae_matched 25.19, phase2_last_layer 24.51 (phase 3 lost by 0.04 dB; on the
-# cached 1-thread build of the same recipe it had won by 0.16), so phase 1 stays at 1000.
+# cached 1-thread build of the same recipe it had won by 0.16), so phase 1 stayed at 1000 for width 192.
 # Note: the same recipe trained with 1 and with 2 torch threads gives slightly different
 # weights (probe z_base 24.85 vs 24.99); the cache key does not include the thread count.
