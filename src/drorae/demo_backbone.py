@@ -552,8 +552,8 @@ def probe_demo_backbones(
 # alone took 440-470 s in slow periods of this machine (1.2-1.3 s/step measured on a slow day), so
 # a first `make demo` took 16.7-17.3 min, and about 22 min projected on the slowest day. Width 128
 # has (128/192)^2 of the GEMM FLOPs: 296 s of pretraining on that slow day (2 threads).
-#   probe (held-out, dB): 34.2 31.3 29.9 28.8 28.8 27.6 | z_base 23.8 (random init is lower for
-#   block 1 than width 192's 35-36: 128 numbers per 192-pixel patch cannot be lossless).
+#   probe (held-out, dB): 34.2 31.3 29.9 28.8 28.8 27.6 | z_base 23.8 (block 1 is below width
+#   192's 35.9-36.5: 128 numbers per patch of 192 pixel values cannot be lossless).
 #   With the old plan (phase 1 1000, phase 2 150, phase 3 150): rae 27.11, phase2 26.96,
 #   phase3 27.41, rae_matched 27.14, phase2_last_layer 27.08: claims 1-2 fail, claim 3 holds by
 #   0.27. The phase-2 fusion does not pass the frozen decoder in 150 steps (train-crop PSNR 28.99
@@ -565,8 +565,9 @@ def probe_demo_backbones(
 #   so phase 2 got 300 steps, paid for by phase 1 (800: with width 128 the phase-1 decoder was
 #   nearly converged at 1000 steps, rae_matched gained only +0.03 dB from 300 more). Stages-only
 #   run of the current plan on the 2-thread build: rae 26.50, phase2 27.03, phase3 27.51,
-#   rae_matched 27.36, phase2_last_layer 26.27 (all three claims hold: +0.53, +0.76, +0.15 dB);
-#   stages 440 s on the slow day. The README has the fresh-clone run.
+#   rae_matched 27.36, phase2_last_layer 26.27 (all three claims hold: +0.53, +0.75, +0.14 dB);
+#   stages 440 s on the slow day. Two fresh-clone first runs (`make demo`) later reproduced every
+#   digit and took 12 min 5 s and 12 min 2 s wall (pretraining 240 s, stages 603-606 s).
 # Also tried on the slow day (full demo, old plan): 48 px crops everywhere (recipe image_size 48,
 # demo crop 48): pretraining 393 s (slow day), probe 36.3 34.3 32.7 32.0 31.3 30.8 | 26.4, rae 26.27,
 # phase2 26.30, phase3 26.72, rae_matched 26.63, phase2_last_layer 26.37 (claim 2 fails). The
