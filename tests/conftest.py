@@ -48,3 +48,34 @@ def dinov2_dir(tmp_path_factory):
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.rand(2, 3, 40, 40, generator=g)
+
+
+def randomize(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return module
+
+
+@pytest.fixture
+def diffusers_rae_dir(tmp_path):
+    """A tiny random diffusers ``AutoencoderRAE``, saved with its own ``save_pretrained``
+    (skips only the tests that use it when diffusers is not installed)."""
+    AutoencoderRAE = pytest.importorskip("diffusers").AutoencoderRAE
+
+    torch.manual_seed(0)
+    grid = 8
+    rae = AutoencoderRAE(
+        encoder_type="dinov2", encoder_hidden_size=64, encoder_patch_size=4, encoder_num_hidden_layers=2,
+        decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=2, decoder_intermediate_size=64,
+        patch_size=4, encoder_input_size=32,
+        latents_mean=(torch.randn(64, grid, grid) * 0.1).tolist(), latents_std=(torch.rand(64, grid, grid) + 0.5).tolist(),
+        scaling_factor=0.7,
+    )
+    randomize(rae.decoder, 1)
+    with torch.no_grad():
+        for p in rae.encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    rae.save_pretrained(tmp_path / "rae")
+    return tmp_path / "rae"

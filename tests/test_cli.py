@@ -7,9 +7,7 @@ from PIL import Image
 
 from drorae.cli import build_parser, main
 
-from .test_interop import diffusers_rae_dir  # noqa: F401  (fixture)
-
-COMMANDS = ["import-rae", "export-rae", "info", "reconstruct"]
+COMMANDS = ["import-rae", "export-rae", "info", "reconstruct", "train", "demo", "data"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -25,7 +23,7 @@ def test_console_script_is_installed_or_module_runs():
     assert out.returncode == 0 and "import-rae" in out.stdout
 
 
-def test_import_info_reconstruct(diffusers_rae_dir, tmp_path, capsys):  # noqa: F811
+def test_import_info_reconstruct(diffusers_rae_dir, tmp_path, capsys):
     assert main(["import-rae", str(diffusers_rae_dir), str(tmp_path / "m")]) == 0
     assert main(["info", str(tmp_path / "m")]) == 0
     text = capsys.readouterr().out
@@ -55,6 +53,22 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
     assert "drorae info: error:" in err and "config.json not found" in err
 
 
-def test_no_fake_commands():
+def test_every_command_is_tested_and_runs_a_library_function():
+    """The parser offers exactly the commands above, and each is wired to a function of its own."""
     choices = build_parser()._subparsers._group_actions[0].choices
-    assert set(COMMANDS) <= set(choices)
+    assert set(choices) == set(COMMANDS)
+    handlers = {name: parser.get_default("func") for name, parser in choices.items() if name != "data"}
+    assert all(callable(h) for h in handlers.values()) and len(set(handlers.values())) == len(handlers)
+
+
+def test_train_help_lists_every_phase_from_the_phase_table(capsys):
+    from drorae.training import PHASES
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for phase in PHASES.values():
+        assert f"  {phase.name:<6} trains {' + '.join(phase.trains)}; {phase.description}" in text
+    with pytest.raises(SystemExit):
+        main(["train", "--config", "x.yaml", "--phase", "4", "--data", "d", "--out", "o"])
+    assert "invalid choice: '4'" in capsys.readouterr().err

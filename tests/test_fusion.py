@@ -1,8 +1,11 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from drorae.fusion import FUSION_PRESETS, DepthRoutedFusion, paper_param_count
+from drorae import ConfigError
+from drorae.fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, paper_param_count
 
 L, B, N, C = 4, 2, 9, 32
 
@@ -15,32 +18,36 @@ def make_inputs(seed=0):
     return hidden, z_base
 
 
+def fusion(num_layers, dim, expert_hidden=None, **kwargs):
+    return DepthRoutedFusion(FusionConfig(num_layers=num_layers, dim=dim, expert_hidden=expert_hidden, **kwargs))
+
+
 def ln(x):
     return F.layer_norm(x, (C,), eps=1e-6)
 
 
 def test_beta_zero_is_rae_exactly():
     hidden, z_base = make_inputs()
-    out = DepthRoutedFusion(L, C, 16, beta=0.0)(hidden, z_base)
+    out = fusion(L, C, 16, beta=0.0)(hidden, z_base)
     assert torch.equal(out.latent, z_base)
 
 
 def test_replace_returns_fused():
     hidden, z_base = make_inputs()
-    out = DepthRoutedFusion(L, C, 16, correction="replace")(hidden, z_base)
+    out = fusion(L, C, 16, correction="replace")(hidden, z_base)
     assert torch.equal(out.latent, out.fused)
     assert not torch.allclose(out.latent, z_base)
 
 
 def test_eq5_incremental_correction_holds():
     hidden, z_base = make_inputs()
-    out = DepthRoutedFusion(L, C, 16, beta=0.2)(hidden, z_base)
+    out = fusion(L, C, 16, beta=0.2)(hidden, z_base)
     torch.testing.assert_close(out.latent, ln(z_base + 0.2 * (out.fused - z_base)))
 
 
 def test_energy_routing_matches_equations_2_to_4():
     hidden, z_base = make_inputs()
-    f = DepthRoutedFusion(L, C, 16)
+    f = fusion(L, C, 16)
     out = f(hidden, z_base)
     # Reference, written layer by layer with the per-expert view.
     zs = [ln(hidden[k]) for k in range(L)]
@@ -54,23 +61,23 @@ def test_energy_routing_matches_equations_2_to_4():
 
 def test_energy_weights_can_be_negative_and_softmax_is_a_distribution():
     hidden, z_base = make_inputs()
-    w = DepthRoutedFusion(L, C, 16)(hidden, z_base).weights
+    w = fusion(L, C, 16)(hidden, z_base).weights
     assert (w < 0).any() and (w > 0).any()
-    ws = DepthRoutedFusion(L, C, 16, routing="softmax")(hidden, z_base).weights
+    ws = fusion(L, C, 16, routing="softmax")(hidden, z_base).weights
     assert (ws >= 0).all()
     torch.testing.assert_close(ws.sum(-1), torch.ones(B, N))
 
 
 def test_cross_attention_ablation_runs_and_weights_are_a_distribution():
     hidden, z_base = make_inputs()
-    out = DepthRoutedFusion(L, C, 16, routing="cross_attention", attention_heads=4)(hidden, z_base)
+    out = fusion(L, C, 16, routing="cross_attention", attention_heads=4)(hidden, z_base)
     assert out.latent.shape == (B, N, C) and out.weights.shape == (B, N, L)
     torch.testing.assert_close(out.weights.sum(-1), torch.ones(B, N))
 
 
 def test_layer_subset_uses_the_deepest_blocks():
     hidden, z_base = make_inputs()
-    f = DepthRoutedFusion(L, C, 16, layers=[3, 4])
+    f = fusion(L, C, 16, layers=[3, 4])
     out = f(hidden, z_base)
     assert len(f.experts) == 2 and out.weights.shape == (B, N, 2)
     assert f.router.in_features == 2 * C
@@ -79,27 +86,44 @@ def test_layer_subset_uses_the_deepest_blocks():
     hidden2[0] += 5
     torch.testing.assert_close(f(hidden2, z_base).latent, out.latent)
     with pytest.raises(ValueError, match=r"layers=\[0, 4\] must be distinct block indices in 1..4"):
-        DepthRoutedFusion(L, C, 16, layers=[0, 4])
+        fusion(L, C, 16, layers=[0, 4])
 
 
 @pytest.mark.parametrize("h", [128, 1536, 3072, 6144])
 def test_parameter_count_matches_appendix_c(h):
-    f = DepthRoutedFusion(12, 768, h)
+    f = fusion(12, 768, h)
     n = sum(p.numel() for p in f.parameters())
     assert abs(n - paper_param_count(768, 12, h)) / paper_param_count(768, 12, h) < 0.01
     assert f.router.weight.shape == (12, 768 * 12)  # C*L^2 + L router
 
 
 def test_presets_give_the_papers_two_sizes():
-    n29 = sum(p.numel() for p in DepthRoutedFusion.from_preset("paper-text-29m", 12, 768).parameters())
-    n57 = sum(p.numel() for p in DepthRoutedFusion.from_preset("paper-appendix-a", 12, 768).parameters())
+    n29 = sum(p.numel() for p in fusion(12, 768, preset="paper-text-29m").parameters())
+    n57 = sum(p.numel() for p in fusion(12, 768, preset="paper-appendix-a").parameters())
     assert 28.3e6 < n29 < 28.8e6 and 56.6e6 < n57 < 57.1e6
     assert set(FUSION_PRESETS) == {"paper-text-29m", "paper-appendix-a"}
+    # an explicit size that agrees with the preset is fine; one that contradicts it names both
+    assert fusion(12, 768, 1536, preset="paper-text-29m").expert_hidden == 1536
+    with pytest.raises(ConfigError, match=r"fusion.preset='paper-appendix-a' sets fusion.expert_hidden=3072, "
+                                          r"but fusion.expert_hidden=1536 was given"):
+        fusion(12, 768, 1536, preset="paper-appendix-a")
+    with pytest.raises(ConfigError, match="fusion.expert_hidden not set"):
+        fusion(12, 768)
+    with pytest.raises(ConfigError, match="unknown fusion.preset 'paper-30m'"):
+        fusion(12, 768, preset="paper-30m")
+
+
+def test_config_round_trips_through_a_dict():
+    f = fusion(L, C, 16, routing="softmax", layers=[2, 4], beta=0.1)
+    again = DepthRoutedFusion(FusionConfig.from_dict(json.loads(json.dumps(f.config.to_dict()))))
+    assert again.config == f.config and again.layers == [2, 4]
+    with pytest.raises(ConfigError, match=r"unknown fusion config keys \['betta'\]"):
+        FusionConfig.from_dict({**f.config.to_dict(), "betta": 0.3})
 
 
 def test_gradients_reach_every_expert_and_the_router():
     hidden, z_base = make_inputs()
-    f = DepthRoutedFusion(L, C, 16)
+    f = fusion(L, C, 16)
     f(hidden, z_base).latent.square().sum().backward()
     for name, p in f.named_parameters():
         assert p.grad is not None, name
@@ -110,8 +134,8 @@ def test_gradients_reach_every_expert_and_the_router():
 
 def test_bad_shapes_name_the_values():
     hidden, z_base = make_inputs()
-    f = DepthRoutedFusion(L, C, 16)
+    f = fusion(L, C, 16)
     with pytest.raises(ValueError, match=r"hidden_states must be \[L=4, B, N, C=32\], got \(3, 2, 9, 32\)"):
         f(hidden[:3], z_base)
     with pytest.raises(ValueError, match="routing='topk'"):
-        DepthRoutedFusion(L, C, 16, routing="topk")
+        fusion(L, C, 16, routing="topk")

@@ -3,39 +3,10 @@ import json
 import pytest
 import torch
 
-from drorae import DRoRAE, export_rae, import_rae, load_backbone
-from drorae.decoder import CheckpointKeyError, DecoderConfig, RAEDecoder, export_decoder_state_dict
+from drorae import DRoRAE, DecoderConfig, DepthRoutedFusion, FusionConfig, RAEDecoder, export_rae, import_rae, load_backbone
+from drorae.serialization import CheckpointKeyError, export_decoder_state_dict
 
-diffusers = pytest.importorskip("diffusers")
-
-
-def randomize(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if p.ndim == 1 and p.shape[0] > 0 and False else 0.0))
-    return module
-
-
-@pytest.fixture
-def diffusers_rae_dir(tmp_path):
-    from diffusers import AutoencoderRAE
-
-    torch.manual_seed(0)
-    grid = 8
-    rae = AutoencoderRAE(
-        encoder_type="dinov2", encoder_hidden_size=64, encoder_patch_size=4, encoder_num_hidden_layers=2,
-        decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=2, decoder_intermediate_size=64,
-        patch_size=4, encoder_input_size=32,
-        latents_mean=(torch.randn(64, grid, grid) * 0.1).tolist(), latents_std=(torch.rand(64, grid, grid) + 0.5).tolist(),
-        scaling_factor=0.7,
-    )
-    randomize(rae.decoder, 1)
-    with torch.no_grad():
-        for p in rae.encoder.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    rae.save_pretrained(tmp_path / "rae")
-    return tmp_path / "rae"
+from .conftest import randomize
 
 
 def test_import_diffusers_autoencoder_rae_matches_source(diffusers_rae_dir, images, tmp_path):
@@ -69,10 +40,8 @@ def test_export_to_diffusers_round_trip(diffusers_rae_dir, images, tmp_path):
 
 
 def test_export_with_fusion_on_is_refused(diffusers_rae_dir, tmp_path):
-    from drorae import DepthRoutedFusion
-
     ours = import_rae(diffusers_rae_dir)
-    ours.add_fusion(DepthRoutedFusion(2, 64, 8))
+    ours.add_fusion(DepthRoutedFusion(FusionConfig(num_layers=2, dim=64, expert_hidden=8)))
     with pytest.raises(ValueError, match="fusion enabled.*reads only the backbone's last layer"):
         export_rae(ours, tmp_path / "x")
 

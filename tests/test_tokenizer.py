@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from drorae import DRoRAE, DecoderConfig, DepthRoutedFusion, RAEDecoder, load_backbone
-from drorae.decoder import CheckpointKeyError
+from drorae import DRoRAE, DecoderConfig, DepthRoutedFusion, FusionConfig, RAEDecoder, load_backbone
+from drorae.serialization import CheckpointKeyError
 
 
 def tiny_decoder(latent_dim=64, num_patches=64):
@@ -16,7 +16,8 @@ def tiny_decoder(latent_dim=64, num_patches=64):
 def model(dinov2_reg_dir):
     torch.manual_seed(0)
     bb = load_backbone(str(dinov2_reg_dir), input_size=32)
-    m = DRoRAE(bb, tiny_decoder(), DepthRoutedFusion(bb.num_layers, bb.hidden_size, 16, norm_eps=bb.norm_eps))
+    m = DRoRAE(bb, tiny_decoder(), DepthRoutedFusion(FusionConfig(num_layers=bb.num_layers, dim=bb.hidden_size, expert_hidden=16,
+                                                                      norm_eps=bb.norm_eps)))
     m.set_latent_stats(torch.randn(64, 8, 8) * 0.1, torch.rand(64, 8, 8) + 0.5)
     return m.eval()
 
@@ -79,7 +80,7 @@ def test_checkpoint_for_another_backbone_width_is_refused(model, tmp_path):
 
     model.save_pretrained(tmp_path / "m", save_backbone=False)
     save_tiny_dinov2(tmp_path / "wide", hidden=128, heads=2)
-    with pytest.raises(ValueError, match="has width 128 and 3 blocks, but the checkpoint .* width 64 with 3 blocks"):
+    with pytest.raises(ValueError, match="has hidden_size=128, but backbone.hidden_size=64 was recorded"):
         DRoRAE.from_pretrained(tmp_path / "m", backbone=str(tmp_path / "wide"))
 
 

@@ -4,18 +4,20 @@ A frozen pretrained ViT, a depth-routed fusion of all its layers (paper eqs. 2-5
 RAE-compatible ViT decoder; plus training, evaluation and the offline demo.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .backbones import BackboneOutput, FrozenBackbone, load_backbone  # noqa: E402
+from .configuration import ConfigError  # noqa: E402
+from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, load_backbone  # noqa: E402
 from .decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder  # noqa: E402
-from .fusion import FUSION_PRESETS, DepthRoutedFusion, FusionOutput  # noqa: E402
+from .fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, FusionOutput  # noqa: E402
 from .tokenizer import DRoRAE, DRoRAEConfig, DRoRAEOutput  # noqa: E402
 from .interop import export_rae, import_rae  # noqa: E402
 
 __all__ = [
-    "BackboneOutput", "FrozenBackbone", "load_backbone",
+    "ConfigError",
+    "BackboneConfig", "BackboneOutput", "FrozenBackbone", "build_backbone", "load_backbone",
     "DECODER_PRESETS", "DecoderConfig", "RAEDecoder",
-    "FUSION_PRESETS", "DepthRoutedFusion", "FusionOutput",
+    "FUSION_PRESETS", "DepthRoutedFusion", "FusionConfig", "FusionOutput",
     "DRoRAE", "DRoRAEConfig", "DRoRAEOutput",
     "export_rae", "import_rae",
 ]

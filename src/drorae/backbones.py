@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .configuration import ConfigError, config_from_dict
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -42,6 +44,42 @@ _DEFAULT_MEAN_STD = {
     "mae": (IMAGENET_MEAN, IMAGENET_STD),
     "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+
+
+@dataclass
+class RandomBackboneConfig:
+    """A randomly initialised DINOv2-with-registers instead of a checkpoint (smoke tests and benchmarks only)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 2
+    patch_size: int = 4
+    num_register_tokens: int = 4
+    seed: int = 0
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen ViT encodes, at what resolution and with which pixel statistics.
+
+    ``hidden_size`` and ``num_layers`` are recorded from the loaded backbone when a tokenizer is
+    saved; when set, loading checks them, so a decoder is never paired with the wrong backbone.
+    """
+
+    name_or_path: str | None = None  # local save_pretrained dir or cached hub id (relative: inside a saved model dir)
+    input_size: int = 224  # backbone input resolution
+    random: RandomBackboneConfig | None = None  # instead of name_or_path, for smoke tests and benchmarks
+    pixel_mean: list[float] | None = None  # None: the checkpoint's preprocessor_config.json, else the family's
+    pixel_std: list[float] | None = None
+    hidden_size: int | None = None  # C
+    num_layers: int | None = None  # L
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BackboneConfig:
+        data = dict(data)
+        if data.get("random") is not None:
+            data["random"] = config_from_dict(RandomBackboneConfig, data["random"], "backbone.random")
+        return config_from_dict(cls, data, "backbone")
 
 
 class BackboneNotFoundError(FileNotFoundError):
@@ -109,6 +147,12 @@ class FrozenBackbone(nn.Module):
         self.register_buffer("std", torch.tensor(std or d_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
+
+    def config(self) -> BackboneConfig:
+        """This backbone as a :class:`BackboneConfig` (what a saved tokenizer records)."""
+        return BackboneConfig(name_or_path=self.name_or_path, input_size=self.input_size,
+                              pixel_mean=self.mean.flatten().tolist(), pixel_std=self.std.flatten().tolist(),
+                              hidden_size=self.hidden_size, num_layers=self.num_layers)
 
     @property
     def grid_size(self) -> int:
@@ -234,3 +278,46 @@ def load_backbone(
     return FrozenBackbone(
         model, family, input_size=input_size, name_or_path=str(name_or_path), mean=mean or f_mean, std=std or f_std
     )
+
+
+def random_backbone(config: RandomBackboneConfig, input_size: int) -> FrozenBackbone:
+    """A seeded random DINOv2-with-registers (smoke tests and benchmarks: it has learnt nothing)."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(config.seed)
+    hf = Dinov2WithRegistersConfig(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+                                   num_attention_heads=config.num_attention_heads, patch_size=config.patch_size,
+                                   num_register_tokens=config.num_register_tokens, image_size=input_size)
+    return FrozenBackbone(Dinov2WithRegistersModel(hf).eval(), "dinov2", input_size=input_size, name_or_path=None)
+
+
+def build_backbone(config: BackboneConfig, base_dir: str | Path | None = None) -> FrozenBackbone:
+    """The frozen backbone a :class:`BackboneConfig` describes.
+
+    A relative ``name_or_path`` that names a directory inside ``base_dir`` (a saved tokenizer's
+    ``backbone/``) is read from there. Recorded ``hidden_size`` / ``num_layers`` are checked.
+    """
+    if config.name_or_path:
+        local = Path(base_dir) / config.name_or_path if base_dir is not None else None
+        source = str(local) if local is not None and local.is_dir() else config.name_or_path
+        mean = tuple(config.pixel_mean) if config.pixel_mean else None
+        std = tuple(config.pixel_std) if config.pixel_std else None
+        backbone = load_backbone(source, input_size=config.input_size, mean=mean, std=std)
+    elif config.random is not None:
+        backbone = random_backbone(config.random, config.input_size)
+    else:
+        raise ConfigError("backbone.name_or_path not set: give a local save_pretrained directory or a cached hub id "
+                          "(or backbone.random for a smoke test)")
+    check_backbone(backbone, config)
+    return backbone
+
+
+def check_backbone(backbone: FrozenBackbone, config: BackboneConfig) -> None:
+    """Raise if ``backbone`` does not have the width / depth that ``config`` recorded."""
+    for key, actual in (("hidden_size", backbone.hidden_size), ("num_layers", backbone.num_layers)):
+        expected = getattr(config, key)
+        if expected is not None and expected != actual:
+            raise ConfigError(
+                f"backbone {backbone.name_or_path!r} has {key}={actual}, but backbone.{key}={expected} was recorded "
+                f"(the tokenizer was trained on width {config.hidden_size} with {config.num_layers} blocks)"
+            )

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from .training.phases import PHASES
+
 
 def _cmd_import_rae(args: argparse.Namespace) -> int:
     from .interop import import_rae
@@ -45,7 +47,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     bb = model.backbone
     print(f"DRoRAE at {args.model}")
-    print(f"  backbone  {bb.family} ({config['backbone']}): {bb.num_layers} blocks, width {bb.hidden_size}, "
+    print(f"  backbone  {bb.family} ({config['backbone']['name_or_path']}): {bb.num_layers} blocks, width {bb.hidden_size}, "
           f"patch {bb.patch_size}, input {bb.input_size}px -> {bb.grid_size}x{bb.grid_size} tokens")
     if model.fusion is not None:
         f = model.fusion
@@ -118,7 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_sample(args: argparse.Namespace) -> int:
-    from .sample_data import write_sample_dataset
+    from .demo import write_sample_dataset
 
     counts = write_sample_dataset(args.dir, crop_size=args.max_size)
     print(f"wrote {counts['train']} train and {counts['heldout']} held-out photos to {args.dir}/train and {args.dir}/heldout")
@@ -160,15 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fusion", action="store_true", help="decode the plain-RAE latent (fusion off)")
     p.set_defaults(func=_cmd_reconstruct)
 
-    p = sub.add_parser("train", help="train one phase (1, 2, 3, joint, full) from a YAML config",
-                       description="Train one DRoRAE phase. Launch with torchrun for several GPUs/processes. "
-                                   "Extra key=value arguments override the config (e.g. train.batch_size=64).")
+    p = sub.add_parser("train", help=f"train one phase ({', '.join(PHASES)}) from a YAML config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train one DRoRAE phase. Launch with torchrun for several GPUs/processes "
+                                   "(DistributedDataParallel). Extra key=value arguments override the config "
+                                   "(e.g. train.batch_size=64).",
+                       epilog="phases:\n" + "\n".join(
+                           f"  {ph.name:<6} trains {' + '.join(ph.trains)}; {ph.description}"
+                           + (f" (--init: a phase-{ph.needs_init} output)" if ph.needs_init else "")
+                           for ph in PHASES.values()))
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
-    p.add_argument("--phase", required=True, choices=["1", "2", "3", "joint", "full"], help="phase to train")
+    p.add_argument("--phase", required=True, choices=list(PHASES), help="phase to train (see below)")
     p.add_argument("--data", required=True, help="image folder (class sub-folders or flat)")
     p.add_argument("--out", required=True, help="run directory: checkpoints/, tensorboard/, model/")
     p.add_argument("--init", help="previous phase's --out directory (or a DRoRAE save_pretrained dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out (a fresh start when there is none "
+                   "yet, so torchrun --max-restarts can relaunch the same command)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule still spans train.max_steps)")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint interval in steps (overrides train.checkpoint_every)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

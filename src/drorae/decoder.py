@@ -1,4 +1,4 @@
-"""The ViT-MAE-style pixel decoder that RAE uses, with RAE / diffusers checkpoint key maps.
+"""The ViT-MAE-style pixel decoder that RAE uses (its checkpoint key maps live in ``drorae.serialization``).
 
     tokens [B, N, C] -> Linear(C, D) -> [cls; tokens] + fixed 2-D sin-cos position embedding
                      -> depth x pre-norm Transformer block (SDPA attention, GELU MLP)
@@ -12,28 +12,52 @@ embedding not trained), written with a fused qkv projection and ``scaled_dot_pro
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .configuration import ConfigError, apply_preset, config_from_dict, require
+
+
+# RAE's decoder sizes (its configs/decoder/ViT{B,L,XL}); the paper uses ViT-XL.
+DECODER_PRESETS = {
+    "ViT-B": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "ViT-L": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+    "ViT-XL": dict(hidden_size=1152, num_layers=28, num_heads=16, intermediate_size=4096),
+}
+
 
 @dataclass
 class DecoderConfig:
-    latent_dim: int = 768  # C, the backbone width
-    hidden_size: int = 1152  # D
-    num_layers: int = 28
-    num_heads: int = 16
-    intermediate_size: int = 4096
+    """The decoder's sizes. ``preset`` fills the four sizes left ``None`` (and rejects a contradicting one);
+    ``latent_dim`` and ``num_patches`` come from the backbone when a tokenizer is built from configs."""
+
+    preset: str | None = None  # "ViT-B" / "ViT-L" / "ViT-XL" (RAE); None = the sizes below
+    hidden_size: int | None = None  # D
+    num_layers: int | None = None
+    num_heads: int | None = None
+    intermediate_size: int | None = None
     patch_size: int = 16  # decoder patch: 16 x 16 tokens -> 256 x 256 pixels
-    num_patches: int = 256
+    latent_dim: int | None = None  # C, the backbone width
+    num_patches: int | None = None  # N, the backbone's token count
     num_channels: int = 3
     layer_norm_eps: float = 1e-12
     # None: MAE/RAE positions 0..g-1. An int b: positions scaled by b / g, as diffusers'
     # AutoencoderRAE does (identical to MAE's when g == b == 16, RAE's standard grid).
     pos_embed_base_grid: int | None = None
+
+    def resolved(self) -> DecoderConfig:
+        """A copy with the preset applied and every size checked (what :class:`RAEDecoder` stores)."""
+        cfg = replace(self)
+        apply_preset(cfg, "decoder", DECODER_PRESETS)
+        require(cfg, "decoder", ("hidden_size", "num_layers", "num_heads", "intermediate_size"),
+                f"set decoder.preset (one of {sorted(DECODER_PRESETS)}) or all four sizes")
+        require(cfg, "decoder", ("latent_dim", "num_patches"), "they come from the backbone (build through DRoRAE.from_config)")
+        if math.isqrt(cfg.num_patches) ** 2 != cfg.num_patches:
+            raise ConfigError(f"decoder.num_patches={cfg.num_patches} must be a perfect square")
+        return cfg
 
     @property
     def grid_size(self) -> int:
@@ -46,19 +70,9 @@ class DecoderConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-# RAE's decoder sizes (its configs/decoder/ViT{B,L,XL}); the paper uses ViT-XL.
-DECODER_PRESETS = {
-    "ViT-B": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
-    "ViT-L": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
-    "ViT-XL": dict(hidden_size=1152, num_layers=28, num_heads=16, intermediate_size=4096),
-}
-
-
-def decoder_config_from_preset(preset: str, **overrides) -> DecoderConfig:
-    if preset not in DECODER_PRESETS:
-        raise ValueError(f"unknown decoder preset {preset!r}; available: {sorted(DECODER_PRESETS)}")
-    return DecoderConfig(**{**DECODER_PRESETS[preset], **overrides})
+    @classmethod
+    def from_dict(cls, data: dict) -> DecoderConfig:
+        return config_from_dict(cls, data, "decoder")
 
 
 def sincos_pos_embed_2d(dim: int, grid: int, cls_token: bool = True, base_grid: int | None = None) -> Tensor:
@@ -131,11 +145,9 @@ class DecoderBlock(nn.Module):
 class RAEDecoder(nn.Module):
     """ViT decoder: latent tokens [B, N, C] -> patches [B, N', p*p*3] (normalised pixel space)."""
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, config: DecoderConfig):
         super().__init__()
-        if cfg.grid_size**2 != cfg.num_patches:
-            raise ValueError(f"decoder num_patches={cfg.num_patches} must be a perfect square")
-        self.config = cfg
+        self.config = cfg = config.resolved()
         self.embed = nn.Linear(cfg.latent_dim, cfg.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
         self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.hidden_size, cfg.grid_size, base_grid=cfg.pos_embed_base_grid)[None], persistent=False)
@@ -150,11 +162,6 @@ class RAEDecoder(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)
-
-    @property
-    def last_layer(self) -> Tensor:
-        """Weight of the last layer, where the adaptive GAN weight compares gradient norms."""
-        return self.pred.weight
 
     def resample_grid(self, tokens: Tensor) -> Tensor:
         """Bilinearly resample a token grid of another size to the decoder's (as diffusers does)."""
@@ -182,143 +189,3 @@ class RAEDecoder(nn.Module):
         p, c, g = self.config.patch_size, self.config.num_channels, math.isqrt(n)
         x = patches.reshape(b, g, g, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, g * p, g * p)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint key maps: RAE's official decoder (ViT-MAE names) and diffusers' AutoencoderRAE.
-# ---------------------------------------------------------------------------------------------
-
-_BLOCK_MAPS = {
-    "rae": {
-        "attention.attention.query": ("attn.qkv", 0),
-        "attention.attention.key": ("attn.qkv", 1),
-        "attention.attention.value": ("attn.qkv", 2),
-        "attention.output.dense": ("attn.proj", None),
-    },
-    "diffusers": {
-        "attention.to_q": ("attn.qkv", 0),
-        "attention.to_k": ("attn.qkv", 1),
-        "attention.to_v": ("attn.qkv", 2),
-        "attention.to_out.0": ("attn.proj", None),
-    },
-}
-_COMMON_BLOCK_MAP = {
-    "layernorm_before": ("norm1", None),
-    "layernorm_after": ("norm2", None),
-    "intermediate.dense": ("mlp.fc1", None),
-    "output.dense": ("mlp.fc2", None),
-}
-_TOP_MAP = {
-    "decoder_embed": "embed",
-    "decoder_norm": "norm",
-    "decoder_pred": "pred",
-}
-
-
-class CheckpointKeyError(KeyError):
-    """A checkpoint's keys do not map one-to-one onto the model (never load random weights quietly)."""
-
-    def __str__(self) -> str:  # KeyError repr-quotes its message; keep it readable
-        return str(self.args[0])
-
-
-def convert_rae_decoder_state_dict(state: dict[str, Tensor], layout: str = "rae") -> dict[str, Tensor]:
-    """Map an RAE (``layout="rae"``) or diffusers (``"diffusers"``) decoder state dict to ours.
-
-    Keys may carry a ``decoder.`` prefix. ``decoder_pos_embed`` is fixed (sin-cos) and is dropped
-    after a shape check. Raises ``CheckpointKeyError`` naming every key that does not map.
-    """
-    if layout not in _BLOCK_MAPS:
-        raise ValueError(f"layout={layout!r} must be 'rae' or 'diffusers'")
-    block_map = {**_BLOCK_MAPS[layout], **_COMMON_BLOCK_MAP}
-    out: dict[str, Tensor] = {}
-    qkv_parts: dict[str, dict[int, Tensor]] = {}
-    unmatched = []
-    for key, value in state.items():
-        k = key[len("decoder.") :] if key.startswith("decoder.") else key
-        if k == "decoder_pos_embed":
-            continue  # fixed sin-cos, recomputed (diffusers does not even save it)
-        if k == "trainable_cls_token":
-            out["cls_token"] = value
-            continue
-        m = re.fullmatch(r"(decoder_embed|decoder_norm|decoder_pred)\.(weight|bias)", k)
-        if m:
-            out[f"{_TOP_MAP[m.group(1)]}.{m.group(2)}"] = value
-            continue
-        m = re.fullmatch(r"decoder_layers\.(\d+)\.(.+)\.(weight|bias)", k)
-        if m and m.group(2) in block_map:
-            target, slot = block_map[m.group(2)]
-            name = f"blocks.{m.group(1)}.{target}.{m.group(3)}"
-            if slot is None:
-                out[name] = value
-            else:
-                qkv_parts.setdefault(name, {})[slot] = value
-            continue
-        unmatched.append(key)
-    if unmatched:
-        raise CheckpointKeyError(
-            f"{len(unmatched)} decoder checkpoint keys do not map onto the {layout} decoder layout: "
-            f"{unmatched[:10]}{' ...' if len(unmatched) > 10 else ''}"
-        )
-    for name, parts in qkv_parts.items():
-        if sorted(parts) != [0, 1, 2]:
-            raise CheckpointKeyError(f"incomplete q/k/v for {name}: found parts {sorted(parts)}")
-        out[name] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
-    return out
-
-
-def export_decoder_state_dict(decoder: RAEDecoder, layout: str = "diffusers", prefix: str = "decoder.") -> dict[str, Tensor]:
-    """Our decoder's weights under RAE (``"rae"``) or diffusers (``"diffusers"``) key names."""
-    if layout not in _BLOCK_MAPS:
-        raise ValueError(f"layout={layout!r} must be 'rae' or 'diffusers'")
-    inverse = {v: k for k, v in {**_BLOCK_MAPS[layout], **_COMMON_BLOCK_MAP}.items()}
-    top_inverse = {v: k for k, v in _TOP_MAP.items()}
-    out: dict[str, Tensor] = {}
-    for name, value in decoder.state_dict().items():
-        value = value.detach().contiguous()
-        if name == "cls_token":
-            out[prefix + "trainable_cls_token"] = value
-            continue
-        m = re.fullmatch(r"(embed|norm|pred)\.(weight|bias)", name)
-        if m:
-            out[f"{prefix}{top_inverse[m.group(1)]}.{m.group(2)}"] = value
-            continue
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
-        i, target, kind = m.group(1), m.group(2), m.group(3)
-        if target == "attn.qkv":
-            for slot, chunk in enumerate(value.chunk(3, dim=0)):
-                out[f"{prefix}decoder_layers.{i}.{inverse[(target, slot)]}.{kind}"] = chunk.contiguous()
-        else:
-            out[f"{prefix}decoder_layers.{i}.{inverse[(target, None)]}.{kind}"] = value
-    return out
-
-
-def infer_decoder_config(state: dict[str, Tensor], latent_dim: int | None = None, num_patches: int | None = None,
-                         num_heads: int | None = None) -> DecoderConfig:
-    """Read a DecoderConfig off an RAE/diffusers decoder state dict (heads come from the presets)."""
-    def get(suffix: str) -> Tensor:
-        for k, v in state.items():
-            if k.endswith(suffix):
-                return v
-        raise CheckpointKeyError(f"decoder checkpoint has no key ending in {suffix!r}")
-
-    embed = get("decoder_embed.weight")
-    hidden, c = embed.shape
-    if latent_dim is not None and latent_dim != c:
-        raise ValueError(f"decoder checkpoint expects latent width {c}, but the backbone width is {latent_dim}")
-    depth = 1 + max(int(m.group(1)) for k in state for m in [re.search(r"decoder_layers\.(\d+)\.", k)] if m)
-    inter = next(v for k, v in state.items() if re.search(r"decoder_layers\.0\.intermediate\.dense\.weight$", k)).shape[0]
-    pred_out = get("decoder_pred.weight").shape[0]
-    patch = math.isqrt(pred_out // 3)
-    pos = next((v for k, v in state.items() if k.endswith("decoder_pos_embed")), None)
-    if pos is not None:
-        num_patches = pos.shape[-2] - 1
-    if num_patches is None:
-        raise ValueError("decoder checkpoint has no decoder_pos_embed: pass num_patches (the backbone token count)")
-    if num_heads is None:
-        matches = [p["num_heads"] for p in DECODER_PRESETS.values() if p["hidden_size"] == hidden]
-        if not matches:
-            raise ValueError(f"cannot infer the head count of a decoder with width {hidden}: pass num_heads")
-        num_heads = matches[0]
-    return DecoderConfig(latent_dim=c, hidden_size=hidden, num_layers=depth, num_heads=num_heads,
-                         intermediate_size=inter, patch_size=patch, num_patches=num_patches)

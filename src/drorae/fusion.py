@@ -17,14 +17,17 @@ orders of magnitude across depth), and the expert activation is GELU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .configuration import ConfigError, apply_preset, config_from_dict, require
+
 ROUTINGS = ("energy", "softmax", "cross_attention")
 CORRECTIONS = ("incremental", "replace")
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU, "identity": nn.Identity}
 
 # Expert widths the paper names for DINOv2-B (C=768, L=12). The text says the fusion module
 # has "~29M" parameters, which the appendix-C formula gives for h=1536; appendix A says the
@@ -64,7 +67,7 @@ class LayerExperts(nn.Module):
         self.ln_bias = nn.Parameter(torch.zeros(num_experts, 1, hidden))
         self.w_out = nn.Parameter(torch.empty(num_experts, hidden, dim))
         self.b_out = nn.Parameter(torch.empty(num_experts, 1, dim))
-        self.act = {"gelu": nn.GELU(), "silu": nn.SiLU(), "relu": nn.ReLU(), "identity": nn.Identity()}[activation]
+        self.act = ACTIVATIONS[activation]()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -123,79 +126,87 @@ class LayerCrossAttention(nn.Module):
         return self.out(mixed), attn.mean(dim=1).squeeze(1)
 
 
-class DepthRoutedFusion(nn.Module):
-    """The DRoRAE fusion module F(z^(1..L), z_base) -> z_final.
+@dataclass
+class FusionConfig:
+    """The fusion module's settings. ``preset`` fills ``expert_hidden`` (and rejects a contradicting one);
+    ``num_layers``, ``dim`` and ``norm_eps`` come from the backbone when a tokenizer is built from configs.
 
-    Args:
-        num_layers: L, the backbone's block count (hidden_states has L entries).
-        dim: C, the backbone width.
+    Fields:
         expert_hidden: h, the experts' hidden width.
         beta: correction strength of eq. 5 (0 reproduces RAE's latent exactly).
         routing: "energy" (eq. 4, weights may be negative), "softmax" or "cross_attention" (ablations).
         correction: "incremental" (eq. 5) or "replace" (z_final = z_fuse, ablation).
-        norm_eps: eps of LN_bb; must match the backbone's final LayerNorm.
         layers: 1-based indices of the blocks to fuse (default: all 1..L), e.g. the deepest N.
+        activation: the experts' activation (the paper names none; GELU).
         energy_eps: eps of eq. 4's denominator.
+        attention_heads: heads of the cross-attention ablation router.
+        num_layers: L, the backbone's block count (hidden_states has L entries).
+        dim: C, the backbone width.
+        norm_eps: eps of LN_bb; must match the backbone's final LayerNorm.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        dim: int,
-        expert_hidden: int,
-        beta: float = 0.2,
-        routing: str = "energy",
-        correction: str = "incremental",
-        norm_eps: float = 1e-6,
-        layers: list[int] | None = None,
-        *,
-        energy_eps: float = 1e-6,
-        activation: str = "gelu",
-        attention_heads: int = 8,
-    ):
-        super().__init__()
-        if routing not in ROUTINGS:
-            raise ValueError(f"routing={routing!r} is not one of {ROUTINGS}")
-        if correction not in CORRECTIONS:
-            raise ValueError(f"correction={correction!r} is not one of {CORRECTIONS}")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta={beta} must lie in [0, 1]")
-        layers = list(range(1, num_layers + 1)) if layers is None else [int(k) for k in layers]
-        if not layers or any(not 1 <= k <= num_layers for k in layers) or len(set(layers)) != len(layers):
-            raise ValueError(f"layers={layers} must be distinct block indices in 1..{num_layers}")
-        self.num_layers, self.dim, self.expert_hidden = num_layers, dim, expert_hidden
-        self.beta, self.routing, self.correction = float(beta), routing, correction
-        self.norm_eps, self.energy_eps = float(norm_eps), float(energy_eps)
-        self.layers = layers
-        self.activation, self.attention_heads = activation, attention_heads
-        self.register_buffer("layer_index", torch.tensor([k - 1 for k in layers]), persistent=False)
-        k = len(layers)
-        self.experts = LayerExperts(k, dim, expert_hidden, activation=activation)
-        if routing == "cross_attention":
-            self.router: nn.Module = LayerCrossAttention(dim, attention_heads)
-        else:
-            self.router = nn.Linear(dim * k, k)  # eq. 3: ONE linear layer on the concatenated layers
+    preset: str | None = None  # "paper-text-29m" (h=1536) or "paper-appendix-a" (h=3072)
+    expert_hidden: int | None = None
+    beta: float = 0.2
+    routing: str = "energy"
+    correction: str = "incremental"
+    layers: list[int] | None = None
+    activation: str = "gelu"
+    energy_eps: float = 1e-6
+    attention_heads: int = 8
+    num_layers: int | None = None
+    dim: int | None = None
+    norm_eps: float = 1e-6
+
+    def resolved(self) -> FusionConfig:
+        """A copy with the preset applied and every field checked (what :class:`DepthRoutedFusion` stores)."""
+        cfg = replace(self, layers=None if self.layers is None else [int(k) for k in self.layers])
+        apply_preset(cfg, "fusion", FUSION_PRESETS)
+        require(cfg, "fusion", ("expert_hidden",), f"set fusion.preset (one of {sorted(FUSION_PRESETS)}) or fusion.expert_hidden")
+        require(cfg, "fusion", ("num_layers", "dim"), "they come from the backbone (build through DRoRAE.from_config)")
+        if cfg.routing not in ROUTINGS:
+            raise ConfigError(f"fusion.routing={cfg.routing!r} is not one of {ROUTINGS}")
+        if cfg.correction not in CORRECTIONS:
+            raise ConfigError(f"fusion.correction={cfg.correction!r} is not one of {CORRECTIONS}")
+        if cfg.activation not in ACTIVATIONS:
+            raise ConfigError(f"fusion.activation={cfg.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if not 0.0 <= cfg.beta <= 1.0:
+            raise ConfigError(f"fusion.beta={cfg.beta} must lie in [0, 1]")
+        layers = cfg.layers if cfg.layers is not None else list(range(1, cfg.num_layers + 1))
+        if not layers or any(not 1 <= k <= cfg.num_layers for k in layers) or len(set(layers)) != len(layers):
+            raise ConfigError(f"fusion.layers={layers} must be distinct block indices in 1..{cfg.num_layers}")
+        return cfg
+
+    @property
+    def fused_layers(self) -> list[int]:
+        """The 1-based blocks that are fused (``layers``, or all of them)."""
+        return list(range(1, self.num_layers + 1)) if self.layers is None else list(self.layers)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     @classmethod
-    def from_preset(cls, preset: str, num_layers: int, dim: int, **kwargs) -> "DepthRoutedFusion":
-        if preset not in FUSION_PRESETS:
-            raise ValueError(f"unknown fusion preset {preset!r}; available: {sorted(FUSION_PRESETS)}")
-        return cls(num_layers, dim, **{**FUSION_PRESETS[preset], **kwargs})
+    def from_dict(cls, data: dict) -> FusionConfig:
+        return config_from_dict(cls, data, "fusion")
 
-    def config(self) -> dict:
-        return {
-            "num_layers": self.num_layers,
-            "dim": self.dim,
-            "expert_hidden": self.expert_hidden,
-            "beta": self.beta,
-            "routing": self.routing,
-            "correction": self.correction,
-            "norm_eps": self.norm_eps,
-            "layers": self.layers,
-            "energy_eps": self.energy_eps,
-            "activation": self.activation,
-            "attention_heads": self.attention_heads,
-        }
+
+class DepthRoutedFusion(nn.Module):
+    """The DRoRAE fusion module F(z^(1..L), z_base) -> z_final, built from a :class:`FusionConfig`."""
+
+    def __init__(self, config: FusionConfig):
+        super().__init__()
+        self.config = cfg = config.resolved()
+        self.num_layers, self.dim, self.expert_hidden = cfg.num_layers, cfg.dim, cfg.expert_hidden
+        self.beta, self.routing, self.correction = float(cfg.beta), cfg.routing, cfg.correction
+        self.norm_eps, self.energy_eps = float(cfg.norm_eps), float(cfg.energy_eps)
+        self.layers = cfg.fused_layers
+        self.register_buffer("layer_index", torch.tensor([k - 1 for k in self.layers]), persistent=False)
+        k = len(self.layers)
+        self.experts = LayerExperts(k, cfg.dim, cfg.expert_hidden, activation=cfg.activation)
+        if cfg.routing == "cross_attention":
+            self.router: nn.Module = LayerCrossAttention(cfg.dim, cfg.attention_heads)
+        else:
+            self.router = nn.Linear(cfg.dim * k, k)  # eq. 3: ONE linear layer on the concatenated layers
 
     def ln_bb(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, (self.dim,), eps=self.norm_eps)

@@ -21,14 +21,17 @@ import torch
 from torch import Tensor
 
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, load_backbone
-from .decoder import (
+from .decoder import RAEDecoder
+from .serialization import (
     CheckpointKeyError,
-    RAEDecoder,
     convert_rae_decoder_state_dict,
     export_decoder_state_dict,
     infer_decoder_config,
+    load_safetensors,
+    load_strict,
+    read_state_dict,
 )
-from .tokenizer import DRoRAE, load_safetensors, load_strict
+from .tokenizer import DRoRAE
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_VERSION = "0.42.1"
@@ -44,25 +47,6 @@ _LEGACY_ENCODER_KEYS = (
 )
 # The final LayerNorm's affine parameters: RAE drops them (its latent is the non-affine LN).
 _FINAL_NORM = {"dinov2": "layernorm.", "mae": "layernorm.", "siglip": "vision_model.post_layernorm."}
-_DIFFUSERS_TYPES = {"dinov2": "dinov2", "siglip2": "siglip", "mae": "mae"}
-
-
-def _read_checkpoint(path: Path, key: str | None = None) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        state = load_safetensors(path)
-    else:
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-    if key is not None:
-        if key not in state:
-            raise KeyError(f"checkpoint {path} has no entry {key!r}; top-level keys: {sorted(state)[:10]}")
-        state = state[key]
-    non_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
-    if non_tensors:
-        raise ValueError(f"checkpoint {path} is not a flat state dict (entries {non_tensors[:5]} are not tensors); "
-                         f"pass key= to pick the nested state dict")
-    return state
 
 
 def _build_diffusers_encoder(cfg: dict) -> tuple[torch.nn.Module, str]:
@@ -136,7 +120,7 @@ def _import_diffusers(directory: Path) -> DRoRAE:
 
 def _read_rae_stats(path: Path) -> tuple[Tensor, Tensor]:
     """RAE's latent statistics: {'mean', 'var'} (or 'std'); returns (mean, sqrt(var + 1e-5))."""
-    stats = _read_checkpoint(path)
+    stats = read_state_dict(path)
     if "mean" not in stats or not ({"var", "std"} & set(stats)):
         raise KeyError(f"latent statistics {path} must hold 'mean' and 'var' (or 'std'); found {sorted(stats)}")
     squeeze = lambda t: t.float().squeeze(0) if t.ndim == 4 else t.float()  # noqa: E731  [1,C,h,w] -> [C,h,w]
@@ -175,7 +159,7 @@ def import_rae(
     if backbone is None:
         raise ValueError(f"importing the RAE decoder file {src} needs the backbone it was trained on: pass backbone=")
     bb = backbone if isinstance(backbone, FrozenBackbone) else load_backbone(str(backbone), input_size=input_size)
-    state = _read_checkpoint(src, key)
+    state = read_state_dict(src, key)
     dcfg = infer_decoder_config(state, latent_dim=bb.hidden_size, num_patches=bb.num_tokens, num_heads=num_heads)
     if dcfg.num_patches != bb.num_tokens:
         raise ValueError(f"decoder {src} was trained on {dcfg.num_patches} tokens; the backbone gives {bb.num_tokens} "

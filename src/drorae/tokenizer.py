@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from . import __version__
-from .backbones import BackboneOutput, FrozenBackbone, load_backbone
-from .decoder import CheckpointKeyError, DecoderConfig, RAEDecoder
-from .fusion import DepthRoutedFusion, FusionOutput
+from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, check_backbone
+from .configuration import ConfigError, config_from_dict
+from .decoder import DecoderConfig, RAEDecoder
+from .fusion import DepthRoutedFusion, FusionConfig, FusionOutput
+from .serialization import load_safetensors, load_strict, save_safetensors
+
+T = TypeVar("T")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,32 +41,52 @@ BACKBONE_DIR = "backbone"
 
 @dataclass
 class DRoRAEConfig:
-    backbone: str  # path or hub id of the frozen backbone (relative paths resolve inside the model dir)
-    input_size: int  # backbone input resolution
-    hidden_size: int  # C, checked against the backbone at load time
-    num_layers: int  # L
-    decoder: dict  # DecoderConfig fields
-    fusion: dict | None = None  # DepthRoutedFusion kwargs; None = plain RAE
+    """A whole tokenizer: its three parts' configs plus the latent's conventions.
+
+    This is what ``config.json`` holds and what a training YAML's ``model:`` section is.
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    fusion: FusionConfig | None = None  # None = plain RAE
     fusion_enabled: bool = True
-    pixel_mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    pixel_std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     latent_norm: bool = False  # per-position mean/std normalisation of the latent
-    latent_stats_shape: list | None = None  # shape of the stored mean/std (broadcast to [C, h, w])
+    latent_stats_shape: list[int] | None = None  # shape of the stored mean/std (broadcast to [C, h, w])
     latent_std_eps: float = 1e-5
     scaling_factor: float = 1.0
-    noise_tau: float = 0.0  # training-time latent noise, sigma ~ U(0, noise_tau)
+    noise_tau: float = 0.0  # decoder noise augmentation while training, sigma ~ U(0, noise_tau) (RAE)
 
     def to_dict(self) -> dict:
         return {"_class_name": "DRoRAE", "_drorae_version": __version__, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DRoRAEConfig":
-        d = {k: v for k, v in d.items() if not k.startswith("_")}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DRoRAE config keys: {unknown}")
-        return cls(**d)
+    def from_dict(cls, data: dict) -> DRoRAEConfig:
+        """Read a ``config.json`` dict, including drorae 0.1's flat format (converted here, once)."""
+        data = upgrade_legacy_config(data)
+        parts = {
+            "backbone": BackboneConfig.from_dict(data.get("backbone", {})),
+            "decoder": DecoderConfig.from_dict(data.get("decoder", {})),
+            "fusion": FusionConfig.from_dict(data["fusion"]) if data.get("fusion") is not None else None,
+        }
+        rest = {k: v for k, v in data.items() if k not in parts}
+        return config_from_dict(cls, {**rest, **parts}, "DRoRAE")
+
+
+def upgrade_legacy_config(data: dict) -> dict:
+    """drorae 0.1 wrote the backbone as flat fields (``backbone`` a string, ``input_size``, ``hidden_size``,
+    ``num_layers``, ``pixel_mean``, ``pixel_std``); today they form the ``backbone`` section."""
+    if not isinstance(data.get("backbone"), str):
+        return dict(data)
+    data = dict(data)
+    data["backbone"] = {
+        "name_or_path": data.pop("backbone") or None,
+        "input_size": data.pop("input_size"),
+        "hidden_size": data.pop("hidden_size", None),
+        "num_layers": data.pop("num_layers", None),
+        "pixel_mean": data.pop("pixel_mean", None),
+        "pixel_std": data.pop("pixel_std", None),
+    }
+    return data
 
 
 @dataclass
@@ -89,19 +112,12 @@ class DRoRAE(nn.Module):
                 f"fusion module is built for C={fusion.dim}, L={fusion.num_layers}; the backbone has "
                 f"C={c}, L={backbone.num_layers}"
             )
-        self.config = config or DRoRAEConfig(
-            backbone=backbone.name_or_path or "",
-            input_size=backbone.input_size,
-            hidden_size=c,
-            num_layers=backbone.num_layers,
-            decoder=decoder.config.to_dict(),
-            fusion=fusion.config() if fusion is not None else None,
-            pixel_mean=backbone.mean.flatten().tolist(),
-            pixel_std=backbone.std.flatten().tolist(),
-        )
+        # The parts' sections always describe the modules; the rest comes from ``config``.
+        self.config = replace(config or DRoRAEConfig(), backbone=backbone.config(), decoder=decoder.config,
+                              fusion=fusion.config if fusion is not None else None)
         self.config.fusion_enabled = bool(self.config.fusion_enabled and fusion is not None)
-        self.register_buffer("pixel_mean", torch.tensor(self.config.pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(self.config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", backbone.mean.detach().clone().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", backbone.std.detach().clone().view(1, 3, 1, 1), persistent=False)
         if self.config.latent_norm:
             shape = self.config.latent_stats_shape or [c, backbone.grid_size, backbone.grid_size]
             self.register_buffer("latent_mean", torch.zeros(shape))
@@ -124,7 +140,7 @@ class DRoRAE(nn.Module):
             raise ValueError(f"fusion module (C={fusion.dim}, L={fusion.num_layers}) does not fit the backbone "
                              f"(C={self.backbone.hidden_size}, L={self.backbone.num_layers})")
         self.fusion = fusion.to(self.pixel_mean.device)
-        self.config.fusion = fusion.config()
+        self.config.fusion = fusion.config
         self.config.fusion_enabled = True
 
     def set_latent_stats(self, mean: Tensor, std: Tensor, eps: float = 1e-5) -> None:
@@ -224,26 +240,39 @@ class DRoRAE(nn.Module):
         return parts
 
     # -- save / load -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: DRoRAEConfig, backbone: FrozenBackbone | None = None,
+                    base_dir: str | Path | None = None) -> DRoRAE:
+        """Build a tokenizer with fresh decoder / fusion weights from ``config``.
+
+        The backbone is ``backbone`` or the one ``config.backbone`` names (relative paths inside
+        ``base_dir``); the decoder and fusion sizes that depend on it (C, L, N, LN_bb's eps) are
+        taken from it, and a recorded value that disagrees is an error. Modules are created in the
+        order backbone, decoder, fusion (so a seed gives the same weights as earlier versions).
+        """
+        bb = backbone if backbone is not None else build_backbone(config.backbone, base_dir)
+        check_backbone(bb, config.backbone)
+        decoder_cfg = fill_from_backbone(config.decoder, "decoder", latent_dim=bb.hidden_size, num_patches=bb.num_tokens)
+        decoder = RAEDecoder(decoder_cfg)
+        fusion = fusion_for_backbone(config.fusion, bb) if config.fusion is not None else None
+        return cls(bb, decoder, fusion, config)
+
     def save_pretrained(self, directory: str | Path, save_backbone: bool = True) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = DRoRAEConfig.from_dict(self.config.to_dict())
         if save_backbone:
             self.backbone.model.save_pretrained(directory / BACKBONE_DIR, safe_serialization=True)
-            config.backbone = BACKBONE_DIR
-        elif not config.backbone:
+            config.backbone.name_or_path, config.backbone.random = BACKBONE_DIR, None
+        elif not config.backbone.name_or_path:
             raise ValueError("the backbone has no path or hub id to reference: use save_backbone=True")
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-        if not self.fusion_enabled and self.fusion is None:
-            config.fusion = None
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt", "drorae_version": __version__})
-        tmp.replace(directory / WEIGHTS_NAME)
+        tensors = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"drorae_version": __version__})
         (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, backbone: str | FrozenBackbone | None = None,
-                        map_location: str | torch.device = "cpu") -> "DRoRAE":
+                        map_location: str | torch.device = "cpu") -> DRoRAE:
         """Load a ``save_pretrained`` directory. ``backbone`` overrides the stored/referenced one."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME
@@ -257,51 +286,24 @@ class DRoRAE(nn.Module):
             raise ValueError(f"{cfg_path} describes a {raw.get('_class_name')!r}, not a DRoRAE "
                              "(import RAE / diffusers models with drorae.import_rae)")
         config = DRoRAEConfig.from_dict(raw)
-        if not isinstance(backbone, FrozenBackbone):
-            source = backbone or config.backbone
-            local = directory / source
-            bb = load_backbone(str(local) if local.is_dir() else source, input_size=config.input_size,
-                               mean=tuple(config.pixel_mean), std=tuple(config.pixel_std))
-        else:
-            bb = backbone
-        if bb.hidden_size != config.hidden_size or bb.num_layers != config.num_layers:
-            raise ValueError(
-                f"backbone {bb.name_or_path!r} has width {bb.hidden_size} and {bb.num_layers} blocks, but the "
-                f"checkpoint {directory} was trained on width {config.hidden_size} with {config.num_layers} blocks"
-            )
-        decoder = RAEDecoder(DecoderConfig(**config.decoder))
-        fusion = DepthRoutedFusion(**config.fusion) if config.fusion is not None else None
-        model = cls(bb, decoder, fusion, config)
+        if isinstance(backbone, str):
+            config.backbone.name_or_path = backbone
+        model = cls.from_config(config, backbone if isinstance(backbone, FrozenBackbone) else None, base_dir=directory)
         state = load_safetensors(directory / WEIGHTS_NAME)
         load_strict(model, state, ignore_prefix="backbone.", source=directory / WEIGHTS_NAME)
         return model.to(map_location)
 
 
-def load_safetensors(path: str | Path) -> dict[str, Tensor]:
-    """Read a safetensors file, turning a corrupt or truncated file into a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} not found")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"weights file {path} is corrupt or truncated ({path.stat().st_size} bytes): {err}") from None
+def fusion_for_backbone(config: FusionConfig, backbone: FrozenBackbone) -> DepthRoutedFusion:
+    """A fresh fusion module for ``backbone``: C, L and LN_bb's eps come from it."""
+    cfg = fill_from_backbone(config, "fusion", num_layers=backbone.num_layers, dim=backbone.hidden_size)
+    return DepthRoutedFusion(replace(cfg, norm_eps=backbone.norm_eps))
 
 
-def load_strict(model: nn.Module, state: dict[str, Tensor], ignore_prefix: str = "", source: object = "checkpoint") -> None:
-    """Load ``state`` requiring every key to match in name and shape; name every mismatch."""
-    expected = {k: v for k, v in model.state_dict().items() if not (ignore_prefix and k.startswith(ignore_prefix))}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if wrong:
-            parts.append("shape mismatches " + ", ".join(
-                f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:8]))
-        raise CheckpointKeyError(f"{source} does not match the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=False)
+def fill_from_backbone(config: T, section: str, **values: int) -> T:
+    """A copy of ``config`` with backbone-given sizes filled in; a recorded size that differs is an error."""
+    for key, value in values.items():
+        recorded = getattr(config, key)
+        if recorded is not None and recorded != value:
+            raise ConfigError(f"{section}.{key}={recorded} does not match the backbone, which gives {value}")
+    return replace(config, **values)

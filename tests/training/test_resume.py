@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from drorae.training import NonFiniteLossError, Trainer, load_config
-from drorae.training import checkpoint as ckpt
+from drorae.engine import checkpoint as ckpt
 
 from .conftest import CPU_TINY, REPO
 
@@ -75,12 +75,14 @@ def test_half_written_checkpoint_is_never_latest(image_dir, tmp_path):
 def test_nan_loss_stops_and_previous_checkpoint_loads(image_dir, tmp_path):
     cfg = load_config(CPU_TINY, ["train.max_steps=10", "train.checkpoint_every=2", "train.log_every=5"])
 
-    def inject(losses, step):
-        if step == 5:  # the 6th optimizer step
-            losses = dict(losses, total=losses["total"] * float("nan"))
-        return losses
+    class DivergesAtStep6(Trainer):
+        def generator_losses(self, images, out):
+            losses = super().generator_losses(images, out)
+            if self.step == 5:  # the 6th optimizer step
+                losses = dict(losses, total=losses["total"] * float("nan"))
+            return losses
 
-    trainer = Trainer(cfg, "1", tmp_path, data_dir=image_dir, progress=False, loss_hook=inject)
+    trainer = DivergesAtStep6(cfg, "1", tmp_path, data_dir=image_dir, progress=False)
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf at or before step 6.*last good checkpoint is .*step_00000004"):
         trainer.run()
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")

@@ -2,7 +2,7 @@
 
 Layout of ``<run>/checkpoints/step_XXXXXXXX/``::
 
-    tensors.safetensors   model / EMA / optimizer / discriminator / RNG tensors, name-spaced
+    tensors.safetensors   model / EMA / optimizer / discriminator / per-rank RNG tensors, name-spaced
     state.json            step, sampler position, scheduler, optimizer hyper-parameters,
                           Python/NumPy RNG states, skipped-file accounting, config
 
@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..tokenizer import load_safetensors
+from ..serialization import load_safetensors
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -58,26 +58,37 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], 
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def capture_rng() -> tuple[dict[str, Tensor], dict]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i in range(torch.cuda.device_count()):
-            tensors[f"rng.cuda.{i}"] = torch.cuda.get_rng_state(i)
+def capture_rng() -> dict:
+    """This process's RNG states (torch CPU, the current CUDA device, Python, NumPy), picklable."""
     py = random.getstate()
     np_state = np.random.get_state()
-    meta = {"python": [py[0], list(py[1]), py[2]],
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": [py[0], list(py[1]), py[2]],
             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+
+
+def rng_to_checkpoint(states: list[dict]) -> tuple[dict[str, Tensor], list[dict]]:
+    """Every rank's :func:`capture_rng` (in rank order) -> tensors ``rng.{rank}.*`` and JSON-able rest."""
+    tensors: dict[str, Tensor] = {}
+    meta = []
+    for rank, state in enumerate(states):
+        tensors[f"rng.{rank}.torch"] = state["torch"]
+        if state["cuda"] is not None:
+            tensors[f"rng.{rank}.cuda"] = state["cuda"]
+        meta.append({"python": state["python"], "numpy": state["numpy"]})
     return tensors, meta
 
 
-def restore_rng(tensors: dict[str, Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    for key, value in tensors.items():
-        if key.startswith("rng.cuda.") and torch.cuda.is_available():
-            torch.cuda.set_rng_state(value, int(key.rsplit(".", 1)[1]))
-    v, internal, gauss = meta["python"]
+def restore_rng(tensors: dict[str, Tensor], meta: list[dict], rank: int) -> None:
+    """Restore rank ``rank``'s own RNG states from a checkpoint written by :func:`rng_to_checkpoint`."""
+    if rank >= len(meta):
+        raise ValueError(f"the checkpoint holds RNG states of {len(meta)} ranks; this is rank {rank}")
+    torch.set_rng_state(tensors[f"rng.{rank}.torch"])
+    if f"rng.{rank}.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.{rank}.cuda"])
+    v, internal, gauss = meta[rank]["python"]
     random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = meta["numpy"]
+    name, keys, pos, has_gauss, cached = meta[rank]["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 

@@ -1,0 +1,220 @@
+"""Reading and writing weights: safetensors, strict loading, and the checkpoint key maps.
+
+* :func:`load_safetensors` / :func:`save_safetensors`: a corrupt file is a clear error; writes are atomic.
+* :func:`load_strict`: every key must match in name and shape, or the error names each mismatch.
+* :func:`read_state_dict`: a flat tensor state dict from ``.safetensors`` or a ``torch.save`` file,
+  the latter read with ``weights_only=True`` (never unpickling arbitrary objects).
+* the key maps between our :class:`~drorae.decoder.RAEDecoder` and RAE's official decoder
+  (ViT-MAE names) or diffusers' ``AutoencoderRAE`` decoder, and :func:`infer_decoder_config`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder
+
+
+class CheckpointKeyError(KeyError):
+    """A checkpoint's keys do not map one-to-one onto the model (never load random weights quietly)."""
+
+    def __str__(self) -> str:  # KeyError repr-quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def load_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """Read a safetensors file, turning a corrupt or truncated file into a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"weights file {path} is corrupt or truncated ({path.stat().st_size} bytes): {err}") from None
+
+
+def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (moved to CPU, made contiguous) atomically: a crash never leaves a partial file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={"format": "pt", **(metadata or {})})
+    tmp.replace(path)
+
+
+def load_strict(model: nn.Module, state: dict[str, Tensor], ignore_prefix: str = "", source: object = "checkpoint") -> None:
+    """Load ``state`` requiring every key to match in name and shape; name every mismatch."""
+    expected = {k: v for k, v in model.state_dict().items() if not (ignore_prefix and k.startswith(ignore_prefix))}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if wrong:
+            parts.append("shape mismatches " + ", ".join(
+                f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:8]))
+        raise CheckpointKeyError(f"{source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+
+
+def read_state_dict(path: Path, key: str | None = None) -> dict[str, Tensor]:
+    """A flat tensor state dict from a safetensors or ``torch.save`` file (``key``: a nested entry)."""
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path)
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    if key is not None:
+        if key not in state:
+            raise KeyError(f"checkpoint {path} has no entry {key!r}; top-level keys: {sorted(state)[:10]}")
+        state = state[key]
+    non_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if non_tensors:
+        raise ValueError(f"checkpoint {path} is not a flat state dict (entries {non_tensors[:5]} are not tensors); "
+                         f"pass key= to pick the nested state dict")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint key maps: RAE's official decoder (ViT-MAE names) and diffusers' AutoencoderRAE.
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK_MAPS = {
+    "rae": {
+        "attention.attention.query": ("attn.qkv", 0),
+        "attention.attention.key": ("attn.qkv", 1),
+        "attention.attention.value": ("attn.qkv", 2),
+        "attention.output.dense": ("attn.proj", None),
+    },
+    "diffusers": {
+        "attention.to_q": ("attn.qkv", 0),
+        "attention.to_k": ("attn.qkv", 1),
+        "attention.to_v": ("attn.qkv", 2),
+        "attention.to_out.0": ("attn.proj", None),
+    },
+}
+_COMMON_BLOCK_MAP = {
+    "layernorm_before": ("norm1", None),
+    "layernorm_after": ("norm2", None),
+    "intermediate.dense": ("mlp.fc1", None),
+    "output.dense": ("mlp.fc2", None),
+}
+_TOP_MAP = {
+    "decoder_embed": "embed",
+    "decoder_norm": "norm",
+    "decoder_pred": "pred",
+}
+
+
+def convert_rae_decoder_state_dict(state: dict[str, Tensor], layout: str = "rae") -> dict[str, Tensor]:
+    """Map an RAE (``layout="rae"``) or diffusers (``"diffusers"``) decoder state dict to ours.
+
+    Keys may carry a ``decoder.`` prefix. ``decoder_pos_embed`` is fixed (sin-cos) and is dropped
+    after a shape check. Raises ``CheckpointKeyError`` naming every key that does not map.
+    """
+    if layout not in _BLOCK_MAPS:
+        raise ValueError(f"layout={layout!r} must be 'rae' or 'diffusers'")
+    block_map = {**_BLOCK_MAPS[layout], **_COMMON_BLOCK_MAP}
+    out: dict[str, Tensor] = {}
+    qkv_parts: dict[str, dict[int, Tensor]] = {}
+    unmatched = []
+    for key, value in state.items():
+        k = key[len("decoder.") :] if key.startswith("decoder.") else key
+        if k == "decoder_pos_embed":
+            continue  # fixed sin-cos, recomputed (diffusers does not even save it)
+        if k == "trainable_cls_token":
+            out["cls_token"] = value
+            continue
+        m = re.fullmatch(r"(decoder_embed|decoder_norm|decoder_pred)\.(weight|bias)", k)
+        if m:
+            out[f"{_TOP_MAP[m.group(1)]}.{m.group(2)}"] = value
+            continue
+        m = re.fullmatch(r"decoder_layers\.(\d+)\.(.+)\.(weight|bias)", k)
+        if m and m.group(2) in block_map:
+            target, slot = block_map[m.group(2)]
+            name = f"blocks.{m.group(1)}.{target}.{m.group(3)}"
+            if slot is None:
+                out[name] = value
+            else:
+                qkv_parts.setdefault(name, {})[slot] = value
+            continue
+        unmatched.append(key)
+    if unmatched:
+        raise CheckpointKeyError(
+            f"{len(unmatched)} decoder checkpoint keys do not map onto the {layout} decoder layout: "
+            f"{unmatched[:10]}{' ...' if len(unmatched) > 10 else ''}"
+        )
+    for name, parts in qkv_parts.items():
+        if sorted(parts) != [0, 1, 2]:
+            raise CheckpointKeyError(f"incomplete q/k/v for {name}: found parts {sorted(parts)}")
+        out[name] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+    return out
+
+
+def export_decoder_state_dict(decoder: RAEDecoder, layout: str = "diffusers", prefix: str = "decoder.") -> dict[str, Tensor]:
+    """Our decoder's weights under RAE (``"rae"``) or diffusers (``"diffusers"``) key names."""
+    if layout not in _BLOCK_MAPS:
+        raise ValueError(f"layout={layout!r} must be 'rae' or 'diffusers'")
+    inverse = {v: k for k, v in {**_BLOCK_MAPS[layout], **_COMMON_BLOCK_MAP}.items()}
+    top_inverse = {v: k for k, v in _TOP_MAP.items()}
+    out: dict[str, Tensor] = {}
+    for name, value in decoder.state_dict().items():
+        value = value.detach().contiguous()
+        if name == "cls_token":
+            out[prefix + "trainable_cls_token"] = value
+            continue
+        m = re.fullmatch(r"(embed|norm|pred)\.(weight|bias)", name)
+        if m:
+            out[f"{prefix}{top_inverse[m.group(1)]}.{m.group(2)}"] = value
+            continue
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
+        i, target, kind = m.group(1), m.group(2), m.group(3)
+        if target == "attn.qkv":
+            for slot, chunk in enumerate(value.chunk(3, dim=0)):
+                out[f"{prefix}decoder_layers.{i}.{inverse[(target, slot)]}.{kind}"] = chunk.contiguous()
+        else:
+            out[f"{prefix}decoder_layers.{i}.{inverse[(target, None)]}.{kind}"] = value
+    return out
+
+
+def infer_decoder_config(state: dict[str, Tensor], latent_dim: int | None = None, num_patches: int | None = None,
+                         num_heads: int | None = None) -> DecoderConfig:
+    """Read a DecoderConfig off an RAE/diffusers decoder state dict (heads come from the presets)."""
+    def get(suffix: str) -> Tensor:
+        for k, v in state.items():
+            if k.endswith(suffix):
+                return v
+        raise CheckpointKeyError(f"decoder checkpoint has no key ending in {suffix!r}")
+
+    embed = get("decoder_embed.weight")
+    hidden, c = embed.shape
+    if latent_dim is not None and latent_dim != c:
+        raise ValueError(f"decoder checkpoint expects latent width {c}, but the backbone width is {latent_dim}")
+    depth = 1 + max(int(m.group(1)) for k in state for m in [re.search(r"decoder_layers\.(\d+)\.", k)] if m)
+    inter = next(v for k, v in state.items() if re.search(r"decoder_layers\.0\.intermediate\.dense\.weight$", k)).shape[0]
+    pred_out = get("decoder_pred.weight").shape[0]
+    patch = math.isqrt(pred_out // 3)
+    pos = next((v for k, v in state.items() if k.endswith("decoder_pos_embed")), None)
+    if pos is not None:
+        num_patches = pos.shape[-2] - 1
+    if num_patches is None:
+        raise ValueError("decoder checkpoint has no decoder_pos_embed: pass num_patches (the backbone token count)")
+    if num_heads is None:
+        matches = [p["num_heads"] for p in DECODER_PRESETS.values() if p["hidden_size"] == hidden]
+        if not matches:
+            raise ValueError(f"cannot infer the head count of a decoder with width {hidden}: pass num_heads")
+        num_heads = matches[0]
+    return DecoderConfig(latent_dim=c, hidden_size=hidden, num_layers=depth, num_heads=num_heads,
+                         intermediate_size=inter, patch_size=patch, num_patches=num_patches)
