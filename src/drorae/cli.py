@@ -108,7 +108,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, args.phase, args.out, data_dir=args.data, init=args.init, resume=args.resume)
-    trainer.run(max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
+    try:
+        trainer.run(max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
+    finally:
+        trainer.dist.shutdown()
     return 0
 
 

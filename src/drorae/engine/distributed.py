@@ -26,6 +26,7 @@ class Distributed:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # this object joined the process group, so it leaves it in shutdown()
 
     @property
     def is_main(self) -> bool:
@@ -52,6 +53,13 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def shutdown(self) -> None:
+        """Leave the process group this object joined (before the process exits: a live gloo group
+        at interpreter exit can abort the process)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable, small: counters and RNG states), in rank order, on every rank."""
         if not self.enabled:
@@ -74,15 +82,16 @@ def setup_distributed(device: str = "auto") -> Distributed:
     """Join the ``torchrun`` process group if there is one; one device per process."""
     kind = resolve_device_kind(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = 0, 0
+    rank, local_rank, owns = 0, 0, False
     if world > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if kind == "cuda":
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+            owns = True
         rank, world = dist.get_rank(), dist.get_world_size()
     dev = torch.device(f"cuda:{local_rank}" if kind == "cuda" else "cpu")
     if kind == "cuda":
         torch.cuda.set_device(dev)
-    return Distributed(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+    return Distributed(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
