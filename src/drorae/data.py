@@ -520,30 +520,16 @@ class ResumableSampler(Sampler[int]):
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``epoch`` and ``position``.
-
-        Mid-epoch (``position > 0``) the configuration must match the one that produced the
-        state, otherwise the remaining samples cannot be reconstructed; at an epoch boundary
-        any configuration (another world size, a grown dataset) is accepted.
-        """
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if position > 0:
-            changed = [
-                f"{key}: {state[key]!r} -> {getattr(self, key)!r}"
-                for key in self._CONFIG_KEYS
-                if key in state and state[key] != getattr(self, key)
-            ]
-            if changed:
-                raise ValueError(
-                    "cannot resume in the middle of an epoch with a different sampler "
-                    f"configuration ({'; '.join(changed)}); resume from an epoch-boundary "
-                    "checkpoint instead"
-                )
-            if position > self.samples_per_rank:
-                raise ValueError(
-                    f"position {position} exceeds samples_per_rank {self.samples_per_rank}"
-                )
-        self.epoch, self.position = epoch, position
+        """Restore ``epoch`` and ``position``; the configuration must be the one that produced the
+        state (another world size, seed or data set size could not reproduce the remaining samples)."""
+        changed = [f"{key}: {state[key]!r} -> {getattr(self, key)!r}" for key in self._CONFIG_KEYS
+                   if key in state and state[key] != getattr(self, key)]
+        if changed:
+            raise ValueError(f"cannot resume with a different sampler configuration ({'; '.join(changed)})")
+        position = int(state["position"])
+        if position > self.samples_per_rank:
+            raise ValueError(f"position {position} exceeds samples_per_rank {self.samples_per_rank}")
+        self.epoch, self.position = int(state["epoch"]), position
 
     def __repr__(self) -> str:
         return (
