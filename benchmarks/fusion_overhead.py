@@ -50,7 +50,7 @@ except ImportError:  # run from a checkout without PYTHONPATH=src
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from drorae.backbones import FrozenBackbone, load_backbone  # noqa: E402
-from drorae.fusion import DepthRoutedFusion  # noqa: E402
+from drorae.fusion import DepthRoutedFusion, FusionConfig  # noqa: E402
 
 MB = 1024**2
 
@@ -414,7 +414,7 @@ def _run(args: argparse.Namespace, device: torch.device, warmup: int, iters: int
     stages, fusions, fusion_params = {("encoder", None): encode}, {}, {}
     for h in args.expert_hidden:
         torch.manual_seed(args.seed)
-        fusions[h] = DepthRoutedFusion(L, C, h, norm_eps=backbone.norm_eps).to(device)
+        fusions[h] = DepthRoutedFusion(FusionConfig(num_layers=L, dim=C, expert_hidden=h, norm_eps=backbone.norm_eps)).to(device)
         fusion_params[h] = sum(p.numel() for p in fusions[h].parameters())
         stages.update({(name, h): fn for name, fn in make_stages(fusions[h]).items()})
 

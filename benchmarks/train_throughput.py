@@ -30,15 +30,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from drorae.training import Trainer, load_config  # noqa: E402
-from drorae.training.engine import build_model  # noqa: E402
+from drorae.training import Trainer, build_model, load_config  # noqa: E402
 
 PAPER = [
-    "model.random_backbone.hidden_size=768", "model.random_backbone.num_hidden_layers=12",
-    "model.random_backbone.num_attention_heads=12", "model.random_backbone.patch_size=14",
-    "model.random_backbone.num_register_tokens=4", "model.input_size=224",
-    "model.decoder.preset=ViT-XL", "model.decoder.patch_size=16", "data.image_size=256",
-    "model.fusion.preset=paper-text-29m",
+    "model.backbone.random.hidden_size=768", "model.backbone.random.num_hidden_layers=12",
+    "model.backbone.random.num_attention_heads=12", "model.backbone.random.patch_size=14",
+    "model.backbone.random.num_register_tokens=4", "model.backbone.input_size=224",
+    "model.decoder.preset=ViT-XL", "model.decoder.hidden_size=null", "model.decoder.num_layers=null",
+    "model.decoder.num_heads=null", "model.decoder.intermediate_size=null", "model.decoder.patch_size=16", "data.image_size=256",
+    "model.fusion.preset=paper-text-29m", "model.fusion.expert_hidden=null",
 ]
 
 
