@@ -40,9 +40,10 @@ def get_phase(name: str) -> Phase:
 
 def phase_table_markdown() -> str:
     """The README's phase table, generated from :data:`PHASES` (a test keeps the two equal)."""
-    rows = ["| phase | trains | fusion | decoder latent noise | starts from |", "|---|---|---|---|---|"]
+    rows = ["| phase | trains | fusion | decoder latent noise | starts from (`--init`) | what it is |",
+            "|---|---|---|---|---|---|"]
     for p in PHASES.values():
-        start = f"phase-{p.needs_init} output" if p.needs_init else ("scratch or a phase-1 output" if p.adds_fusion else "scratch")
+        start = f"phase-{p.needs_init} output" if p.needs_init else ("scratch or phase-1 output" if p.adds_fusion else "scratch")
         rows.append(f"| `{p.name}` | {' + '.join(p.trains)} | {'on' if p.fusion_on else 'off'} | "
-                    f"{'yes' if p.decoder_noise else 'no'} | {start} |")
+                    f"{'yes' if p.decoder_noise else 'no'} | {start} | {p.description} |")
     return "\n".join(rows)
