@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned here (pyproject declares a range): on this kind of machine pip takes these from local disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo clean
+.PHONY: install lint format test demo clean
 
 # The demo needs only the runtime dependencies; the test extras (pytest, diffusers) are added
 # by `make test`, so a first `make demo` does not spend time installing them.
@@ -22,7 +22,16 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed-test
+# ruff: lint rules and formatting are configured in pyproject.toml (one line length, 120)
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(PY) -m pytest -q
 
 demo: install

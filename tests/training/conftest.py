@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +35,16 @@ def phase1_run(tmp_path_factory, image_dir):
     cfg = load_config(CPU_TINY, ["train.max_steps=3"])
     Trainer(cfg, "1", out, data_dir=image_dir, progress=False).run()
     return out
+
+
+def wait_for_checkpoint(root: Path, step: int, timeout: float = 120) -> None:
+    """Poll until a run under ``root`` has a complete checkpoint at ``step`` or later."""
+    from drorae.engine.checkpoint import latest_checkpoint
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        latest = latest_checkpoint(root)
+        if latest is not None and latest.name >= f"step_{step:08d}":
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"no checkpoint at step >= {step} under {root} after {timeout} s")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from drorae.engine import checkpoint as ckpt
 
-from .conftest import CPU_TINY, REPO
+from .conftest import CPU_TINY, REPO, wait_for_checkpoint
 
 
 def env() -> dict:
@@ -101,12 +101,7 @@ def test_torchrun_killed_mid_run_resumes_to_the_same_weights(image_dir, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     run = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        latest = ckpt.latest_checkpoint(killed / "checkpoints")
-        if latest is not None and latest.name >= "step_00000004":
-            break
-        time.sleep(0.01)
+    wait_for_checkpoint(killed / "checkpoints", step=4)
     for pid in [*_descendants(run.pid), run.pid]:  # both workers, then torchrun
         os.kill(pid, signal.SIGKILL)
     run.wait()

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 from drorae.training import NonFiniteLossError, Trainer, load_config
 from drorae.engine import checkpoint as ckpt
 
-from .conftest import CPU_TINY, REPO
+from .conftest import CPU_TINY, REPO, wait_for_checkpoint
 
 STEPS = 24
 ARGS = [f"train.max_steps={STEPS}", "train.log_every=1", "data.num_workers=1"]
@@ -34,12 +33,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(image_dir, tmp_path):
     subprocess.run(train_cmd(image_dir, full), check=True, env=env(), capture_output=True)
 
     proc = subprocess.Popen(train_cmd(image_dir, killed), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        latest = ckpt.latest_checkpoint(killed / "checkpoints")
-        if latest is not None and latest.name >= "step_00000004":
-            break
-        time.sleep(0.01)
+    wait_for_checkpoint(killed / "checkpoints", step=4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = ckpt.latest_checkpoint(killed / "checkpoints")
