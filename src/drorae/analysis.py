@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import FeatureStats
+
 __all__ = [
     "patchify",
     "unpatchify",
@@ -81,44 +83,46 @@ def unpatchify(patches: Tensor, patch: int, grid_hw: tuple[int, int], channels: 
 class RidgeAccumulator:
     """Streaming sufficient statistics for ridge regression ``Y ~ X W + b``.
 
-    Keeps the means of ``X`` and ``Y`` and the *centred* cross-products ``Xc^T Xc`` and
-    ``Xc^T Yc`` in float64, merged batch by batch with the parallel (Chan et al.) update, so
-    that fitting on many batches gives the same answer as fitting on their concatenation
-    without holding all tokens in memory.
+    The joint running mean and centred second moment of ``[X, Y]`` (a
+    :class:`~drorae.metrics.FeatureStats`, float64, Chan et al.'s parallel update), whose blocks
+    are the means of ``X`` and ``Y`` and the centred cross-products ``Xc^T Xc`` and ``Xc^T Yc``:
+    fitting on many batches gives the answer of fitting on their concatenation without holding
+    all tokens in memory.
     """
 
     def __init__(self) -> None:
-        self.num_samples = 0
-        self.mean_x: Tensor | None = None
-        self.mean_y: Tensor | None = None
-        self.xx: Tensor | None = None
-        self.xy: Tensor | None = None
+        self.stats = FeatureStats()
+        self.dim_x: int | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.stats.num_samples
 
     def update(self, x: Tensor, y: Tensor) -> RidgeAccumulator:
         """Add samples ``x [M, C]`` with targets ``y [M, P]``; returns ``self`` for chaining."""
         if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
             raise ValueError(f"expected x [M, C] and y [M, P], got {tuple(x.shape)} and {tuple(y.shape)}")
-        n_b = x.shape[0]
-        if n_b == 0:
+        if x.shape[0] == 0:
             return self
-        x = x.detach().double()
-        y = y.detach().double().to(x.device)
-        mx_b, my_b = x.mean(dim=0), y.mean(dim=0)
-        xc, yc = x - mx_b, y - my_b
-        xx_b, xy_b = xc.T @ xc, xc.T @ yc
-        if self.mean_x is None:
-            self.num_samples, self.mean_x, self.mean_y, self.xx, self.xy = n_b, mx_b, my_b, xx_b, xy_b
-            return self
-        n_a = self.num_samples
-        n = n_a + n_b
-        dx, dy = mx_b - self.mean_x, my_b - self.mean_y
-        scale = n_a * n_b / n
-        self.xx = self.xx + xx_b + scale * torch.outer(dx, dx)
-        self.xy = self.xy + xy_b + scale * torch.outer(dx, dy)
-        self.mean_x = self.mean_x + dx * (n_b / n)
-        self.mean_y = self.mean_y + dy * (n_b / n)
-        self.num_samples = n
+        self.dim_x = x.shape[1]
+        self.stats.update(torch.cat([x.detach().double(), y.detach().double().to(x.device)], dim=1))
         return self
+
+    @property
+    def mean_x(self) -> Tensor:
+        return self.stats.mean[: self.dim_x]
+
+    @property
+    def mean_y(self) -> Tensor:
+        return self.stats.mean[self.dim_x :]
+
+    @property
+    def xx(self) -> Tensor:
+        return self.stats.scatter[: self.dim_x, : self.dim_x]
+
+    @property
+    def xy(self) -> Tensor:
+        return self.stats.scatter[: self.dim_x, self.dim_x :]
 
     def solve(self, alpha: float) -> tuple[Tensor, Tensor]:
         """Closed-form ridge solution ``W = (Xc^T Xc + alpha I)^{-1} Xc^T Yc``, ``b = my - mx W``.
@@ -126,7 +130,7 @@ class RidgeAccumulator:
         The intercept is not penalised (features and targets are centred). ``alpha`` is in the
         units of the summed Gram matrix, i.e. it is not rescaled by the number of samples.
         """
-        if self.xx is None:
+        if self.num_samples == 0:
             raise RuntimeError("RidgeAccumulator is empty: call update() first")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")

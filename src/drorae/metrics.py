@@ -275,6 +275,13 @@ class FeatureStats:
         return self._mean
 
     @property
+    def scatter(self) -> Tensor:
+        """Centred second moment ``sum_i (x_i - mean)(x_i - mean)^T`` ``[D, D]`` (float64)."""
+        if self._m2 is None:
+            raise RuntimeError("FeatureStats is empty: call update() first")
+        return self._m2
+
+    @property
     def covariance(self) -> Tensor:
         """Unbiased feature covariance ``[D, D]`` (float64, divides by ``n - 1`` like ``np.cov``)."""
         if self._m2 is None or self.num_samples < 2:

@@ -24,18 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "DISCRIMINATOR_KINDS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "DinoFeatureDiscriminator",
     "PatchDiscriminator",
     "build_discriminator",
 ]
 
 DISCRIMINATOR_KINDS = ("dino", "patch")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TokenGridHead(nn.Module):

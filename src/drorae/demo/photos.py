@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import EpochSeededDataset, pil_to_tensor, sample_generator, to_rgb
+from ..data import EpochSeededDataset, pil_to_tensor, sample_generator, to_rgb
 
 __all__ = [
     "HELDOUT_PHOTOS",
@@ -167,6 +167,22 @@ def _check_scale(scale: tuple[float, float]) -> tuple[float, float]:
     return low, high
 
 
+def crop_window(image: Image.Image, size: int, scale: tuple[float, float], u_scale: float, u_x: float,
+                u_y: float) -> Image.Image:
+    """The scale-jittered crop every demo data stream uses, from three uniform draws in [0, 1).
+
+    A window of side ``size * s`` (``s`` log-uniform in ``scale``, at quantile ``u_scale``, so zooming
+    in and out are equally likely; shrunk to the photo's shorter side if larger) at relative position
+    ``(u_x, u_y)``, resized to ``size x size`` (bicubic; Pillow antialiases when downscaling).
+    """
+    log_low, log_high = math.log(scale[0]), math.log(scale[1])
+    s = math.exp(log_low + (log_high - log_low) * u_scale)
+    width, height = image.size
+    side = min(size * s, width, height)
+    left, top = (width - side) * u_x, (height - side) * u_y
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+
+
 def _random_crop(
     image: Image.Image,
     crop_size: int,
@@ -174,23 +190,9 @@ def _random_crop(
     generator: torch.Generator,
     flip: bool,
 ) -> torch.Tensor:
-    """A ``crop_size * s`` window at a random place, resized to ``crop_size``, as a tensor.
-
-    ``s`` is log-uniform in ``scale`` so zooming in and out are equally likely; a window
-    larger than the photo's shorter side is shrunk to it. Pillow's bicubic resize is
-    antialiased when downscaling.
-    """
-    log_low, log_high = math.log(scale[0]), math.log(scale[1])
-    draws = torch.rand(4, generator=generator).tolist()  # scale, x, y, flip: fixed order
-    s = math.exp(log_low + (log_high - log_low) * draws[0])
-    width, height = image.size
-    side = min(crop_size * s, width, height)
-    left = (width - side) * draws[1]
-    top = (height - side) * draws[2]
-    window = image.resize(
-        (crop_size, crop_size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
-    )
-    tensor = pil_to_tensor(window)
+    """:func:`crop_window` from four draws of ``generator`` (scale, x, y, flip: fixed order), as a tensor."""
+    draws = torch.rand(4, generator=generator).tolist()
+    tensor = pil_to_tensor(crop_window(image, crop_size, scale, draws[0], draws[1], draws[2]))
     if flip and draws[3] < 0.5:
         tensor = tensor.flip(-1)
     return tensor

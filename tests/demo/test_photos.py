@@ -1,4 +1,4 @@
-"""Tests for drorae.sample_data: the offline photo set, its split, crops and image folders."""
+"""Tests for drorae.demo.photos: the offline photo set, its split, crops and image folders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from drorae.data import ImageFolderDataset, collate_skipping, list_images
-from drorae.sample_data import (
+from drorae.demo.photos import (
     HELDOUT_PHOTOS,
     PHOTO_NAMES,
     TRAIN_PHOTOS,

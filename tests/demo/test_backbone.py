@@ -1,4 +1,4 @@
-"""Tests for drorae.demo_backbone: recipe hashing, quick pretraining, caching, loading."""
+"""Tests for drorae.demo.backbone: recipe hashing, quick pretraining, caching, loading."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
-from drorae import load_backbone, sample_data
-from drorae import demo_backbone as db
-from drorae.demo_backbone import BackboneRecipe, augment_batch, cached_backbone, default_cache_dir
+from drorae import load_backbone
+from drorae.demo import backbone as db
+from drorae.demo import photos as sample_data
+from drorae.demo.backbone import BackboneRecipe, augment_batch, cached_backbone, default_cache_dir
 
 
 def test_recipe_json_roundtrip_and_key() -> None:

@@ -3,7 +3,7 @@
 Stages (each timed, each with a progress bar):
 
 1. ``backbone``  pretrain (or reuse from the cache) a tiny DINOv2-with-registers on the TRAIN
-                 photos so that its deep blocks abstract away pixels (drorae.demo_backbone);
+                 photos so that its deep blocks abstract away pixels (drorae.demo.backbone);
 2. ``probe``     ridge layer probe per block: held-out PSNR of patch pixels (paper figure 1);
 3. ``phase1``    decoder on z_base (the RAE baseline);
 4. ``phase2``    fusion only, decoder frozen (the paper's comparison: same decoder as RAE);
@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from . import sample_data
-from .demo_backbone import BackboneRecipe, cached_backbone, default_cache_dir
-from .training import Trainer, load_config
+from . import photos as sample_photos
+from .backbone import BackboneRecipe, cached_backbone, default_cache_dir
+from ..training import Trainer, load_config
 
-DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
 ROWS = ("rae", "phase2", "phase3", "rae_matched", "phase2_last_layer")
 ROW_LABELS = {
     "rae": "RAE baseline (phase 1)",
@@ -63,7 +63,8 @@ class DemoPlan:
 
 
 def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, extra: list[str] = ()):
-    overrides = [f"model.backbone={backbone_dir}", f"model.input_size={plan.crop}", f"data.image_size={plan.crop}",
+    overrides = [f"model.backbone.name_or_path={backbone_dir}", f"model.backbone.input_size={plan.crop}",
+                 f"data.image_size={plan.crop}",
                  f"train.batch_size={plan.batch_size}", f"train.max_steps={steps}", f"optim.lr={lr}",
                  f"train.seed={plan.seed}", f"train.log_every={max(1, steps // 20)}", *extra]
     if plan.quick:
@@ -80,8 +81,8 @@ def evaluate_models(model_dirs: dict[str, Path], images: torch.Tensor, backbone,
     feeds every model's encoder and the real side of the FD; each model then adds only its
     decoder and one backbone pass over its reconstructions (their FD features).
     """
-    from .metrics import ReconstructionMetrics
-    from .tokenizer import DRoRAE
+    from ..metrics import ReconstructionMetrics
+    from ..tokenizer import DRoRAE
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
         return backbone(x).z_base.mean(dim=1)
@@ -103,7 +104,7 @@ def evaluate_models(model_dirs: dict[str, Path], images: torch.Tensor, backbone,
 @torch.no_grad()
 def reconstructions(model_dir: Path, images: torch.Tensor, backbone=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reconstructions and, when fusion is on, the routing weights [B, N, K]."""
-    from .tokenizer import DRoRAE
+    from ..tokenizer import DRoRAE
 
     model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()
     out = model(images)
@@ -133,20 +134,20 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bo
 
     # 2. layer probe ---------------------------------------------------------------------------
     t = stage("layer probe: ridge from each block's tokens to its patch pixels (held-out PSNR)")
-    from .analysis import plot_layer_probe, plot_router_weights, probe_backbone, router_weight_maps
-    from .backbones import load_backbone
+    from ..analysis import plot_layer_probe, plot_router_weights, probe_backbone, router_weight_maps
+    from ..backbones import load_backbone
 
     backbone = load_backbone(str(backbone_dir), input_size=plan.crop)
-    train_photos, heldout_photos = sample_data.load_photos("train"), sample_data.load_photos("heldout")
-    probe_train = sample_data.fixed_eval_crops(train_photos, plan.crop, plan.probe_train_crops, seed=plan.seed)
-    eval_images = sample_data.fixed_eval_crops(heldout_photos, plan.crop, plan.eval_crops, seed=plan.seed + 1)
+    train_photos, heldout_photos = sample_photos.load_photos("train"), sample_photos.load_photos("heldout")
+    probe_train = sample_photos.fixed_eval_crops(train_photos, plan.crop, plan.probe_train_crops, seed=plan.seed)
+    eval_images = sample_photos.fixed_eval_crops(heldout_photos, plan.crop, plan.eval_crops, seed=plan.seed + 1)
     probe = probe_backbone(backbone, probe_train, eval_images, alpha=1.0, batch_size=64)
     probe_curve = [*probe["blocks"], probe["z_base"]]
     seconds["probe"] = time.perf_counter() - t
     print("probe PSNR (dB): " + ", ".join(f"b{i + 1} {v:.2f}" for i, v in enumerate(probe["blocks"])) + f", z_base {probe['z_base']:.2f}")
 
     # 3-7. training stages ---------------------------------------------------------------------
-    train_set = sample_data.RandomCropDataset(train_photos, plan.crop, length=100_000, seed=plan.seed)
+    train_set = sample_photos.RandomCropDataset(train_photos, plan.crop, length=100_000, seed=plan.seed)
     L = backbone.num_layers
     stages = [
         ("phase1", "1", None, plan.phase1_steps, plan.lr_decoder, []),
@@ -228,12 +229,12 @@ def render_markdown(report: dict) -> str:
         "# DRoRAE demo report (toy scale, CPU, offline)",
         "",
         "Everything below was measured by this run. Toy scale: a tiny backbone pretrained for a few minutes on "
-        f"{len(sample_data.load_photos('train'))} photos, tiny decoders far from converged. The numbers show the paper's "
+        f"{len(sample_photos.load_photos('train'))} photos, tiny decoders far from converged. The numbers show the paper's "
         "mechanism, not its ImageNet results.",
         "",
         "## Reconstruction on held-out photos",
         "",
-        f"{report['plan']['eval_crops']} fixed crops of the held-out photos {', '.join(sample_data.HELDOUT_PHOTOS)} "
+        f"{report['plan']['eval_crops']} fixed crops of the held-out photos {', '.join(sample_photos.HELDOUT_PHOTOS)} "
         "(never seen in training, backbone included).",
         "",
         results_table(report),

@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from . import sample_data
-from .backbones import IMAGENET_MEAN, IMAGENET_STD
-from .data import derive_seed, pil_to_tensor
+from . import photos as sample_photos
+from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+from ..data import derive_seed, pil_to_tensor
+from ..engine.schedule import warmup_cosine_lr
 
 __all__ = [
     "BackboneRecipe",
@@ -65,7 +66,7 @@ RECIPE_FILE = "recipe.json"
 STATS_FILE = "pretrain_stats.json"
 #: Bumped when the training code changes what a recipe produces, so old cache entries are
 #: not reused (the version is part of :meth:`BackboneRecipe.key`).
-_TRAINER_VERSION = 1
+_TRAINER_VERSION = 2  # 2: the learning rate comes from drorae.engine.schedule (last-bit differences)
 #: What the classification head reads: the CLS token, the mean patch token, or both concatenated.
 _POOLS = ("cls", "mean", "cls+mean")
 
@@ -78,7 +79,7 @@ class BackboneRecipe:
     ``num_layers``, ``num_heads``, ``mlp_ratio``, ``patch_size``, ``num_register_tokens``,
     ``image_size`` (= the pretraining crop size; the backbone accepts other multiples of the
     patch, its position embeddings interpolate). Width 192 and cheaper 32 / 48 px recipes
-    were tried: see the tuning notes at the bottom of this file.
+    were tried: see docs/demo-tuning-history.md.
 
     Objective: classify which training photo a crop came from, from ``pool`` (default the CLS
     output of the final, affine LayerNorm; ``"mean"``: the mean patch token, ``"cls+mean"``:
@@ -97,7 +98,7 @@ class BackboneRecipe:
     """
 
     # architecture
-    hidden_size: int = 128  # 192 lost more detail but cost twice the pretraining: tuning notes
+    hidden_size: int = 128  # 192 lost more detail but cost twice the pretraining (docs/demo-tuning-history.md)
     num_layers: int = 6
     num_heads: int = 2
     mlp_ratio: int = 4
@@ -215,7 +216,7 @@ def _photo_classes(names: list[str]) -> list[int]:
     groups: dict[str, int] = {}
     out = []
     for name in names:
-        source = sample_data.PHOTO_SOURCES.get(name)
+        source = sample_photos.PHOTO_SOURCES.get(name)
         group = source.loader if source is not None else name
         out.append(groups.setdefault(group, len(groups)))
     return out
@@ -230,17 +231,11 @@ def sample_batch(
     ``recipe.scale``, shrunk to fit the photo) at a uniform position, resized to ``S``
     (bicubic; Pillow antialiases when downscaling).
     """
-    size, (low, high) = recipe.image_size, recipe.scale
     crops, labels = [], []
     for _ in range(recipe.batch_size):
         photo = int(torch.randint(len(images), (1,), generator=generator))
         u = torch.rand(3, generator=generator).tolist()
-        s = math.exp(math.log(low) + (math.log(high) - math.log(low)) * u[0])
-        image = images[photo]
-        width, height = image.size
-        side = min(size * s, width, height)
-        left, top = (width - side) * u[1], (height - side) * u[2]
-        window = image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+        window = sample_photos.crop_window(images[photo], recipe.image_size, recipe.scale, u[0], u[1], u[2])
         crops.append(pil_to_tensor(window))
         labels.append(classes[photo])
     return torch.stack(crops), torch.tensor(labels, dtype=torch.long)
@@ -336,15 +331,6 @@ def _pooled(tokens: Tensor, recipe: BackboneRecipe) -> Tensor:
     return {"cls": cls, "mean": patches, "cls+mean": torch.cat([cls, patches], -1)}[recipe.pool]
 
 
-def _lr_at(step: int, recipe: BackboneRecipe) -> float:
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    span = max(1, recipe.steps - recipe.warmup_steps)
-    progress = min(1.0, (step - recipe.warmup_steps) / span)
-    floor = recipe.lr * recipe.min_lr_ratio
-    return floor + (recipe.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 # ------------------------------------------------------------------------------------------------
 # Pretraining
 # ------------------------------------------------------------------------------------------------
@@ -365,9 +351,9 @@ def pretrain_backbone(
     trained on), ``num_classes``, ``recipe_key``.
     """
     out_dir = Path(out_dir)
-    photos = sample_data.load_photos("train")
+    photos = sample_photos.load_photos("train")
     names = list(photos)
-    leaked = set(names) & set(sample_data.HELDOUT_PHOTOS)
+    leaked = set(names) & set(sample_photos.HELDOUT_PHOTOS)
     if leaked:  # a guard against an edit of the splits, not a reachable path today
         raise RuntimeError(f"held-out photos {sorted(leaked)} are in the training split")
     images = [Image.fromarray(np.asarray(photos[n])) for n in names]
@@ -408,7 +394,7 @@ def pretrain_backbone(
             crops = augment_batch(crops, recipe, generator)
             pixels = (crops - mean) / std
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, recipe)
+                group["lr"] = warmup_cosine_lr(step, recipe.lr, recipe.warmup_steps, recipe.steps, recipe.min_lr_ratio)
             logits = head(_pooled(model(pixel_values=pixels).last_hidden_state, recipe))
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -526,15 +512,15 @@ def probe_demo_backbones(
 ) -> dict[str, dict[str, Any]]:
     """Linear pixel probe of every block for each backbone directory, ``{label: probe}``.
 
-    The ridge probe is fitted on :func:`~drorae.sample_data.fixed_eval_crops` of the TRAIN
+    The ridge probe is fitted on :func:`~drorae.sample_photos.fixed_eval_crops` of the TRAIN
     photos and evaluated on crops of the HELD-OUT photos, at ``input_size`` (the crop size),
     with :func:`drorae.analysis.probe_backbone`: ``{"blocks": [dB per block], "z_base": dB}``.
     """
-    from .analysis import probe_backbone
-    from .backbones import load_backbone
+    from ..analysis import probe_backbone
+    from ..backbones import load_backbone
 
-    train = sample_data.fixed_eval_crops(sample_data.load_photos("train"), input_size, train_count, seed=seed)
-    test = sample_data.fixed_eval_crops(sample_data.load_photos("heldout"), input_size, test_count, seed=seed + 1)
+    train = sample_photos.fixed_eval_crops(sample_photos.load_photos("train"), input_size, train_count, seed=seed)
+    test = sample_photos.fixed_eval_crops(sample_photos.load_photos("heldout"), input_size, test_count, seed=seed + 1)
     results = {}
     for label, directory in backbones.items():
         backbone = load_backbone(str(directory), input_size=input_size)
@@ -542,101 +528,4 @@ def probe_demo_backbones(
     return results
 
 
-# ------------------------------------------------------------------------------------------------
-# Tuning notes (2 CPU cores, torch 2.14.1, 2 threads; one seed each unless said; indicative)
-# ------------------------------------------------------------------------------------------------
-#
-# THE CURRENT DEFAULT (2026-11-23, later): width 128, 2 heads, 6 blocks, 64 px, batch 64, 500 steps,
-# with the demo plan phase 1 800 / phase 2 300 / phase 3 150 steps (rae_matched 450).
-# Why it replaced width 192: the 192-wide backbone below held every claim, but its pretraining
-# alone took 440-470 s in slow periods of this machine (1.2-1.3 s/step measured on a slow day), so
-# a first `make demo` took 16.7-17.3 min, and about 22 min projected on the slowest day. Width 128
-# has (128/192)^2 of the GEMM FLOPs: 296 s of pretraining on that slow day (2 threads).
-#   probe (held-out, dB): 34.2 31.3 29.9 28.8 28.8 27.6 | z_base 23.8 (block 1 is below width
-#   192's 35.9-36.5: 128 numbers per patch of 192 pixel values cannot be lossless).
-#   With the old plan (phase 1 1000, phase 2 150, phase 3 150): rae 27.11, phase2 26.96,
-#   phase3 27.41, rae_matched 27.14, phase2_last_layer 27.08: claims 1-2 fail, claim 3 holds by
-#   0.27. The phase-2 fusion does not pass the frozen decoder in 150 steps (train-crop PSNR 28.99
-#   vs RAE's 29.35). Same phase-1 decoder, other phase-2 settings (EMA export | raw weights):
-#     lr 3e-4, 150 steps:                  phase2 26.97 | 27.15, phase2_last_layer 26.47 | 26.54
-#     lr 3e-3, 150 steps:                  phase2 26.97 | 27.15
-#     identity-initialised fusion, 150:    phase2 26.82 | 27.09, phase2_last_layer 26.92 | 27.16
-#     lr 1e-3, 300 steps:                  phase2 27.43 | 27.54, phase2_last_layer 26.96
-#   so phase 2 got 300 steps, paid for by phase 1 (800: with width 128 the phase-1 decoder was
-#   nearly converged at 1000 steps, rae_matched gained only +0.03 dB from 300 more). Stages-only
-#   run of the current plan on the 2-thread build: rae 26.50, phase2 27.03, phase3 27.51,
-#   rae_matched 27.36, phase2_last_layer 26.27 (all three claims hold: +0.53, +0.75, +0.14 dB);
-#   stages 440 s on the slow day. Two fresh-clone first runs (`make demo`) later reproduced every
-#   digit and took 12 min 5 s and 12 min 2 s wall (pretraining 240 s, stages 603-606 s).
-# Also tried on the slow day (full demo, old plan): 48 px crops everywhere (recipe image_size 48,
-# demo crop 48): pretraining 393 s (slow day), probe 36.3 34.3 32.7 32.0 31.3 30.8 | 26.4, rae 26.27,
-# phase2 26.30, phase3 26.72, rae_matched 26.63, phase2_last_layer 26.37 (claim 2 fails). The
-# 32 px / 640-step backbone (below) rerun with the current code (EMA warm-up, lr_finetune): rae
-# 25.61, phase2 25.16, phase3 25.58, rae_matched 25.95, phase2_last_layer 25.34 (all fail); with an
-# identity-initialised fusion its phase 2 reached 25.78 but the last-block control 25.83.
-#
-# Earlier notes (width 192):
-#
-# Held-out layer probe at 64 px (probe_demo_backbones: 512 train-photo crops, 256 held-out
-# crops, ridge alpha 1), dB, blocks 1..6 | z_base. Random init of the same architecture:
-# about 38.5 36.7 35.7 35.0 34.5 34.2 | 31.4 (32 px init; 37.2 ... 33.8 | 30.5 for 64 px).
-#
-#   crop  batch  steps  notes              seconds   pretrained blocks 1..6            z_base
-#   64    64     500    the default        (busy)    35.9 33.6 31.5 30.9 29.8 29.0   25.0
-#   64    64     500    lr 1e-3            (busy)    35.8 33.4 32.0 31.0 30.0 29.3   24.6
-#   64    64     350                       290       36.3 34.0 32.5 32.0 31.4 30.7   24.3
-#   64    64     300                       (busy)    36.5 34.0 32.5 31.7 30.2 29.9   24.7
-#   64    64     300    pool "mean"        (busy)    35.8 33.5 32.5 31.6 31.1 30.2   26.4
-#   64    48     300                       208       36.2 34.5 33.8 33.1 32.3 31.6   28.7
-#   64    32     900                       (busy)    36.4 33.8 32.2 31.1 29.7 29.3   25.4
-#   48    64     400                       220       35.9 33.7 32.5 31.4 30.1 29.9   22.9
-#   48    64     400    seed 1             261       36.7 34.5 32.7 31.8 30.8 30.2   27.0
-#   32    64     750                       238       37.0 34.0 32.0 30.4 29.7 27.9   24.0
-#   32    64     700    seed 1             232       37.6 34.8 32.4 30.5 29.5 28.7   24.7
-#   32    64     700                       243       37.2 34.0 32.3 31.3 29.9 29.5   25.5
-#   32    64     640    rejected, below    211       37.3 34.4 32.6 31.3 30.7 30.2   25.6
-#
-# "seconds" = pretraining time with the machine otherwise (nearly) idle; "(busy)" = measured
-# while other jobs ran, minutes longer, time not comparable. Idle speed per step: 64 px
-# 0.83-0.98 s, 48 px 0.55 s, 32 px 0.32-0.35 s (the cost follows the token count, 69 / 41 /
-# 21 with CLS and registers). A 64 px recipe fits only ~250-290 steps in 240 s.
-# The 32 px / 640-step recipe's probe at its own 32 px: 36.5 34.0 32.0 30.3 29.5 29.0 | 26.6 (random init
-# 37.7 36.1 35.3 34.5 34.1 33.7 | 31.0), so the 64 px numbers are not an artefact of
-# interpolated position embeddings. Seeds move z_base by a few dB (it is the noisiest number);
-# the per-block curve is stable. The 32 px / 640-step recipe took 211-223 s on an otherwise idle
-# machine (3.0 steps/s), ~55% final train accuracy (16 classes, chance 6%).
-#
-# Why it is not the default: a full `make demo` on it (fresh clone, empty cache, 2026-11-23,
-# 14 min 30 s wall including set-up) FAILED all three reconstruction claims on held-out PSNR:
-# rae 25.61, phase2 24.72, phase3 24.98, rae_matched 25.88, phase2_last_layer 25.40. Diagnosis
-# (same phase-1 decoder): a freshly initialised fusion (beta 0.2) costs ~4 dB on train crops
-# (28.49 -> 24.29) and 150 phase-2 steps do not recover it (train 28.03, raw weights); phase 2
-# needs ~400-600 steps (600 steps: held-out 26.22 EMA, train 28.73). The exported EMA (decay
-# 0.99) also still holds ~22% of the random initial fusion after 150 steps (raw weights are
-# 0.2-0.3 dB better). With this backbone's stronger phase-1 decoder there was no time left in
-# 15 minutes for the longer phase 2 that it needs.
-#
-# Two more candidates for a faster first run (2026-11-23, current code: EMA warm-up, lr_finetune
-# 2e-4, phase 1 1000 steps; full demo each, backbone trained from scratch, idle machine):
-#   64 px, batch 32, 500 steps: pretraining 222 s; probe 36.9 35.1 34.0 33.2 32.8 31.8 | 29.3;
-#     rae 26.80, phase2 26.55, phase3 27.12, rae_matched 27.34, phase2_last_layer 26.26: all
-#     three claims fail.
-#   64 px, batch 64, 350 steps: pretraining 288 s; probe 36.3 34.0 32.5 32.1 31.4 30.7 | 24.3;
-#     rae 26.89, phase2 26.96, phase3 27.19, rae_matched 27.21, phase2_last_layer 26.88: phase 2
-#     wins by 0.07 dB, phase 3 loses by 0.02. A 300-step phase 2 (lr 1e-3 or 3e-3) gave only
-#     26.97-27.02. An identity-initialised fusion (the last block's expert set to exactly the
-#     identity, which Linear -> LN -> GELU -> Linear with h >= 2C can be, and the router on that
-#     block, so that phase 2 starts at RAE exactly) did not help either: phase 2 27.01 vs its
-#     last-block control 27.02 after 150 steps. So it is not shipped.
-# What separates them from the (then) default is the decoder, not the probe: their z_base probes are
-# as low as the default's (24.3-29.3 vs 24.9), yet an RAE decoder reaches 26.8-26.9 dB on them
-# and 24.5-25.2 on the default, i.e. the default's last block really lost more. The width-192
-# default therefore stayed then (64 px, batch 64, 500 steps). Its cost was overestimated before from busy
-# runs: with 2 threads it pretrains in 360 s (0.72 s/step) when the machine runs at full speed
-# and in 464 s when it is loaded, so a whole first `make demo` with the demo's 1000-step phase 1
-# takes about 14 min at full speed and measured 17 min 17 s in a slow period (README). A 700-step
-# phase 1 was tried to buy margin: on the 2-thread backbone it gave rae 24.51, phase2 24.91,
-# phase3 25.15, rae_matched 25.19, phase2_last_layer 24.51 (phase 3 lost by 0.04 dB; on the
-# cached 1-thread build of the same recipe it had won by 0.16), so phase 1 stayed at 1000 for width 192.
-# Note: the same recipe trained with 1 and with 2 torch threads gives slightly different
-# weights (probe z_base 24.85 vs 24.99); the cache key does not include the thread count.
+# How the recipe and the demo's budgets were chosen, with every candidate's numbers: docs/demo-tuning-history.md

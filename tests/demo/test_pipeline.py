@@ -54,7 +54,7 @@ def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
     the plain per-model path: ReconstructionMetrics on decode(encode(x)) with its own FD passes."""
     import torch
 
-    from drorae import sample_data
+    from drorae.demo import photos as sample_data
     from drorae.backbones import load_backbone
     from drorae.demo import evaluate_models
     from drorae.metrics import ReconstructionMetrics
