@@ -100,7 +100,9 @@ def encoder_flops(
     }
 
 
-def fusion_flops(hidden: int, layers: int, num_tokens: int, expert_hidden: int, fused_layers: int | None = None) -> dict:
+def fusion_flops(
+    hidden: int, layers: int, num_tokens: int, expert_hidden: int, fused_layers: int | None = None
+) -> dict:
     """FLOPs of one image through DepthRoutedFusion (energy routing), by term.
 
     N = num_tokens (patch tokens only; prefix tokens are dropped before fusion), C = hidden,
@@ -262,7 +264,9 @@ def random_dinov2(hidden: int, layers: int, heads: int, patch: int, input_size: 
 
     if hidden % heads:
         raise SystemExit(f"--hidden {hidden} must be divisible by --heads {heads}")
-    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, patch_size=patch, image_size=input_size)
+    common = dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, patch_size=patch, image_size=input_size
+    )
     if registers:
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
     else:
@@ -297,19 +301,29 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("backbone (random weights unless --backbone)")
-    g.add_argument("--backbone", metavar="DIR", help="load a real backbone (save_pretrained dir or cached hub id) with drorae.load_backbone")
+    g.add_argument(
+        "--backbone",
+        metavar="DIR",
+        help="load a real backbone (save_pretrained dir or cached hub id) with drorae.load_backbone",
+    )
     g.add_argument("--hidden", type=int, default=768, help="width C")
     g.add_argument("--layers", type=int, default=12, help="number of blocks L")
     g.add_argument("--heads", type=int, default=12)
     g.add_argument("--patch", type=int, default=14)
     g.add_argument("--registers", type=int, default=4, help="register tokens (0: plain Dinov2Model)")
     g.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--expert-hidden", type=int, nargs="+", default=[1536, 3072], metavar="H", help="expert widths h to time")
+    p.add_argument(
+        "--expert-hidden", type=int, nargs="+", default=[1536, 3072], metavar="H", help="expert widths h to time"
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast(bfloat16) around every forward")
+    p.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast(bfloat16) around every forward"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per stage (default: 1 on CPU, 5 on GPU)")
-    p.add_argument("--iters", type=int, default=None, help="timed calls per stage, median reported (default: 3 on CPU, 20 on GPU)")
+    p.add_argument(
+        "--iters", type=int, default=None, help="timed calls per stage, median reported (default: 3 on CPU, 20 on GPU)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write all numbers (and the per-iteration times) as JSON")
@@ -414,7 +428,9 @@ def _run(args: argparse.Namespace, device: torch.device, warmup: int, iters: int
     stages, fusions, fusion_params = {("encoder", None): encode}, {}, {}
     for h in args.expert_hidden:
         torch.manual_seed(args.seed)
-        fusions[h] = DepthRoutedFusion(FusionConfig(num_layers=L, dim=C, expert_hidden=h, norm_eps=backbone.norm_eps)).to(device)
+        fusions[h] = DepthRoutedFusion(
+            FusionConfig(num_layers=L, dim=C, expert_hidden=h, norm_eps=backbone.norm_eps)
+        ).to(device)
         fusion_params[h] = sum(p.numel() for p in fusions[h].parameters())
         stages.update({(name, h): fn for name, fn in make_stages(fusions[h]).items()})
 
@@ -461,9 +477,12 @@ def _run(args: argparse.Namespace, device: torch.device, warmup: int, iters: int
         "iters": iters,
         "batch": B,
         "memory_method": memory.method,
-        "loadavg_1min_before_after": None if load_before is None else [round(load_before[0], 2), round(load_after[0], 2)],
+        "loadavg_1min_before_after": None
+        if load_before is None
+        else [round(load_before[0], 2), round(load_after[0], 2)],
         "measure_wall_s": wall,
-        "backbone": args.backbone or (f"random Dinov2WithRegisters ({args.registers} registers)" if args.registers else "random Dinov2"),
+        "backbone": args.backbone
+        or (f"random Dinov2WithRegisters ({args.registers} registers)" if args.registers else "random Dinov2"),
         "hidden": C,
         "layers": L,
         "patch": backbone.patch_size,
@@ -484,11 +503,13 @@ def to_markdown(result: dict) -> str:
     m = result["meta"]
     lines = [
         f"{m['backbone']}: C={m['hidden']}, L={m['layers']}, patch {m['patch']}, input {m['input_size']} "
-        f"({m['patch_tokens']} patch + {m['prefix_tokens']} prefix tokens), encoder {m['encoder_params'] / 1e6:.1f}M params; "
+        f"({m['patch_tokens']} patch + {m['prefix_tokens']} prefix tokens), "
+        f"encoder {m['encoder_params'] / 1e6:.1f}M params; "
         f"batch {m['batch']}, {m['dtype']}, {m['device']}, {m['threads']} threads, "
         f"median of {m['iters']} interleaved rounds (warm-up {m['warmup']}), torch {m['torch']}",
         "",
-        "| stage | h | ms/batch | img/s | time / encoder | GFLOP/img (analytic) | FLOP / encoder | achieved GFLOP/s | peak mem (MB) |",
+        "| stage | h | ms/batch | img/s | time / encoder | GFLOP/img (analytic) | FLOP / encoder | achieved GFLOP/s "
+        "| peak mem (MB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:

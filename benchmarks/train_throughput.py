@@ -33,12 +33,21 @@ sys.path.insert(0, str(REPO / "src"))
 from drorae.training import Trainer, build_model, load_config  # noqa: E402
 
 PAPER = [
-    "model.backbone.random.hidden_size=768", "model.backbone.random.num_hidden_layers=12",
-    "model.backbone.random.num_attention_heads=12", "model.backbone.random.patch_size=14",
-    "model.backbone.random.num_register_tokens=4", "model.backbone.input_size=224",
-    "model.decoder.preset=ViT-XL", "model.decoder.hidden_size=null", "model.decoder.num_layers=null",
-    "model.decoder.num_heads=null", "model.decoder.intermediate_size=null", "model.decoder.patch_size=16", "data.image_size=256",
-    "model.fusion.preset=paper-text-29m", "model.fusion.expert_hidden=null",
+    "model.backbone.random.hidden_size=768",
+    "model.backbone.random.num_hidden_layers=12",
+    "model.backbone.random.num_attention_heads=12",
+    "model.backbone.random.patch_size=14",
+    "model.backbone.random.num_register_tokens=4",
+    "model.backbone.input_size=224",
+    "model.decoder.preset=ViT-XL",
+    "model.decoder.hidden_size=null",
+    "model.decoder.num_layers=null",
+    "model.decoder.num_heads=null",
+    "model.decoder.intermediate_size=null",
+    "model.decoder.patch_size=16",
+    "data.image_size=256",
+    "model.fusion.preset=paper-text-29m",
+    "model.fusion.expert_hidden=null",
 ]
 
 
@@ -85,8 +94,13 @@ def bench_phase(cfg, phase: str, model, batch: int, warmup: int, iters: int, out
         times.append(time.perf_counter() - t)
     step = statistics.median(times)
     trainable = sum(p.numel() for _, p in trainer.trained)
-    return {"phase": phase, "seconds_per_step": step, "images_per_s": batch / step, "peak_memory_mb": peak_memory_mb(device),
-            "trainable_parameters": trainable}
+    return {
+        "phase": phase,
+        "seconds_per_step": step,
+        "images_per_s": batch / step,
+        "peak_memory_mb": peak_memory_mb(device),
+        "trainable_parameters": trainable,
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -113,28 +127,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for precision in args.precision:
             for compile_ in args.compile:
                 overrides = (PAPER if args.preset == "paper" else []) + [
-                    f"train.device={'cuda' if args.device.startswith('cuda') else 'cpu'}", f"train.batch_size={args.batch}",
-                    f"train.precision={precision}", f"train.compile={'true' if compile_ == 'on' else 'false'}",
-                    f"loss.perceptual={args.perceptual}", f"loss.discriminator={args.discriminator}",
-                    "loss.disc_start_step=0", "loss.disc_update_start_step=0", "loss.disc_channels=64",
-                    "train.max_steps=1000"]
+                    f"train.device={'cuda' if args.device.startswith('cuda') else 'cpu'}",
+                    f"train.batch_size={args.batch}",
+                    f"train.precision={precision}",
+                    f"train.compile={'true' if compile_ == 'on' else 'false'}",
+                    f"loss.perceptual={args.perceptual}",
+                    f"loss.discriminator={args.discriminator}",
+                    "loss.disc_start_step=0",
+                    "loss.disc_update_start_step=0",
+                    "loss.disc_channels=64",
+                    "train.max_steps=1000",
+                ]
                 cfg = load_config(base, overrides)
                 model = build_model(cfg, "joint", None)  # random backbone + decoder + fusion, built once
                 for phase in args.phases:
                     row = bench_phase(cfg, phase, model, args.batch, args.warmup, args.iters, Path(tmp))
                     row.update(precision=precision, compile=compile_, batch=args.batch, device=args.device)
                     rows.append(row)
-                    print(f"phase {phase} {precision} compile={compile_}: {row['images_per_s']:.3f} img/s, "
-                          f"{row['seconds_per_step']:.2f} s/step, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+                    print(
+                        f"phase {phase} {precision} compile={compile_}: {row['images_per_s']:.3f} img/s, "
+                        f"{row['seconds_per_step']:.2f} s/step, peak {row['peak_memory_mb']:.0f} MB",
+                        flush=True,
+                    )
     print()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
-          f"preset {args.preset}, batch {args.batch}, perceptual {args.perceptual}, discriminator {args.discriminator}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
+        f"preset {args.preset}, batch {args.batch}, perceptual {args.perceptual}, discriminator {args.discriminator}"
+    )
     print("| phase | trains | precision | compile | s/step | images/s | peak memory (MB) |")
     print("|---|---|---|---|---|---|---|")
     trains = {"1": "decoder", "2": "fusion", "3": "decoder"}
     for r in rows:
-        print(f"| {r['phase']} | {trains.get(r['phase'], '?')} ({r['trainable_parameters'] / 1e6:.1f}M) | {r['precision']} | "
-              f"{r['compile']} | {r['seconds_per_step']:.3f} | {r['images_per_s']:.3f} | {r['peak_memory_mb']:.0f} |")
+        print(
+            f"| {r['phase']} | {trains.get(r['phase'], '?')} ({r['trainable_parameters'] / 1e6:.1f}M) | "
+            f"{r['precision']} | "
+            f"{r['compile']} | {r['seconds_per_step']:.3f} | {r['images_per_s']:.3f} | {r['peak_memory_mb']:.0f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows

@@ -16,7 +16,9 @@ def save_tiny_dinov2(path, registers: int = 4, hidden: int = 64, layers: int = 3
     from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     torch.manual_seed(0)
-    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, patch_size=patch, image_size=32)
+    common = dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, patch_size=patch, image_size=32
+    )
     if registers:
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
     else:
@@ -67,10 +69,18 @@ def diffusers_rae_dir(tmp_path):
     torch.manual_seed(0)
     grid = 8
     rae = AutoencoderRAE(
-        encoder_type="dinov2", encoder_hidden_size=64, encoder_patch_size=4, encoder_num_hidden_layers=2,
-        decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=2, decoder_intermediate_size=64,
-        patch_size=4, encoder_input_size=32,
-        latents_mean=(torch.randn(64, grid, grid) * 0.1).tolist(), latents_std=(torch.rand(64, grid, grid) + 0.5).tolist(),
+        encoder_type="dinov2",
+        encoder_hidden_size=64,
+        encoder_patch_size=4,
+        encoder_num_hidden_layers=2,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=64,
+        patch_size=4,
+        encoder_input_size=32,
+        latents_mean=(torch.randn(64, grid, grid) * 0.1).tolist(),
+        latents_std=(torch.rand(64, grid, grid) + 0.5).tolist(),
         scaling_factor=0.7,
     )
     randomize(rae.decoder, 1)

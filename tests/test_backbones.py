@@ -19,13 +19,17 @@ def test_hidden_states_and_z_base_match_transformers(request, fixture, prefix, i
 
     ref = AutoModel.from_pretrained(path).eval()
     pixels = F.interpolate(images, size=(32, 32), mode="bicubic", align_corners=False)
-    pixels = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         r = ref(pixel_values=pixels, output_hidden_states=True)
     for k in range(3):
         torch.testing.assert_close(out.hidden_states[k], r.hidden_states[k + 1][:, prefix:], rtol=0, atol=1e-6)
     # z_base = the backbone's final LayerNorm without its affine parameters.
-    torch.testing.assert_close(out.z_base, F.layer_norm(r.hidden_states[-1][:, prefix:], (64,), eps=1e-6), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        out.z_base, F.layer_norm(r.hidden_states[-1][:, prefix:], (64,), eps=1e-6), rtol=0, atol=1e-6
+    )
     # and it differs from the affine last_hidden_state (our fixture randomised the LN affine)
     assert not torch.allclose(out.z_base, r.last_hidden_state[:, prefix:], atol=1e-3)
 
@@ -39,7 +43,10 @@ def test_backbone_stays_frozen_in_train_mode(dinov2_reg_dir):
 def test_missing_backbone_names_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(BackboneNotFoundError, match="facebook/dinov2-made-up.*not in the local Hugging Face cache.*huggingface-cli download"):
+    with pytest.raises(
+        BackboneNotFoundError,
+        match="facebook/dinov2-made-up.*not in the local Hugging Face cache.*huggingface-cli download",
+    ):
         load_backbone("facebook/dinov2-made-up")
     with pytest.raises(BackboneNotFoundError, match="does not exist"):
         load_backbone(str(tmp_path / "nope"))
@@ -76,8 +83,15 @@ def test_vit_mae_keeps_every_token_in_order(tmp_path, images):
     from transformers import ViTMAEConfig, ViTMAEModel
 
     torch.manual_seed(0)
-    cfg = ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4,
-                       image_size=32, mask_ratio=0.75)
+    cfg = ViTMAEConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=4,
+        image_size=32,
+        mask_ratio=0.75,
+    )
     ref = ViTMAEModel(cfg).eval()
     bb = load_backbone(str(_save(ref, tmp_path / "mae")), input_size=32)
     out = bb(images)
@@ -88,15 +102,18 @@ def test_vit_mae_keeps_every_token_in_order(tmp_path, images):
     with torch.no_grad():
         r = ref(pixel_values=pixels, noise=noise, output_hidden_states=True)
     torch.testing.assert_close(out.hidden_states[-1], r.hidden_states[-1][:, 1:], rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.z_base, F.layer_norm(r.hidden_states[-1][:, 1:], (32,), eps=cfg.layer_norm_eps), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        out.z_base, F.layer_norm(r.hidden_states[-1][:, 1:], (32,), eps=cfg.layer_norm_eps), rtol=0, atol=1e-5
+    )
 
 
 def test_siglip_vision_tower_has_no_prefix_tokens(tmp_path, images):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(0)
-    cfg = SiglipVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                             patch_size=4, image_size=32)
+    cfg = SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=32
+    )
     ref = SiglipVisionModel(cfg).eval()
     bb = load_backbone(str(_save(ref, tmp_path / "siglip")), input_size=32)
     assert bb.family == "siglip" and bb.num_prefix_tokens == 0

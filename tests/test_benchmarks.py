@@ -57,8 +57,28 @@ def test_design_md_section6_arithmetic(bench):
 def test_toy_run(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
     result = bench.main(
-        ["--hidden", "64", "--layers", "2", "--heads", "4", "--patch", "8", "--input-size", "32",
-         "--expert-hidden", "128", "--batch", "2", "--iters", "1", "--device", "cpu", "--json", str(out)]
+        [
+            "--hidden",
+            "64",
+            "--layers",
+            "2",
+            "--heads",
+            "4",
+            "--patch",
+            "8",
+            "--input-size",
+            "32",
+            "--expert-hidden",
+            "128",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
     )
     stages = [(r["stage"], r["expert_hidden"]) for r in result["rows"]]
     assert stages == [("encoder", None), ("encoder+fusion", 128), ("fusion fwd", 128), ("fusion fwd+bwd", 128)]
@@ -74,5 +94,10 @@ def test_toy_run(bench, tmp_path, capsys):
     table = capsys.readouterr().out
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| stage | h | ms/batch | img/s |")
-    assert [line.split("|")[1].strip() for line in lines[1:5]] == ["encoder", "encoder+fusion", "fusion fwd", "fusion fwd+bwd"]
+    assert [line.split("|")[1].strip() for line in lines[1:5]] == [
+        "encoder",
+        "encoder+fusion",
+        "fusion fwd",
+        "fusion fwd+bwd",
+    ]
     assert any(line.startswith("| 128 |") for line in lines)  # the ratio summary row

@@ -38,8 +38,18 @@ def test_import_info_reconstruct(diffusers_rae_dir, tmp_path, capsys):
     for name in ("a", "b"):
         Image.fromarray((torch.rand(48, 40, 3, generator=g) * 255).byte().numpy()).save(tmp_path / f"{name}.png")
     (tmp_path / "bad.png").write_text("not an image")
-    code = main(["reconstruct", "--model", str(tmp_path / "m"), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
-                 str(tmp_path / "bad.png"), "--out", str(tmp_path / "rec")])
+    code = main(
+        [
+            "reconstruct",
+            "--model",
+            str(tmp_path / "m"),
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.png"),
+            str(tmp_path / "bad.png"),
+            "--out",
+            str(tmp_path / "rec"),
+        ]
+    )
     assert code == 0
     out = Image.open(tmp_path / "rec" / "a_recon.png")
     assert out.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # original | reconstruction grid, 2 px padding

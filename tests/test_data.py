@@ -82,8 +82,17 @@ def test_list_images_recursive_sorted_case_insensitive(messy_folder: dict[str, P
     assert found == sorted(found, key=lambda p: p.relative_to(root).as_posix())
     names = {p.relative_to(root).as_posix() for p in found}
     assert names == {
-        "cats/rgb.png", "cats/rgba.png", "cats/truncated.jpg", "cmyk.jpeg", "dogs/notes.png",
-        "dogs/rgb.JPG", "dogs/rgb.webp", "gray.png", "palette.png", "rgb.bmp", "sixteen.png",
+        "cats/rgb.png",
+        "cats/rgba.png",
+        "cats/truncated.jpg",
+        "cmyk.jpeg",
+        "dogs/notes.png",
+        "dogs/rgb.JPG",
+        "dogs/rgb.webp",
+        "gray.png",
+        "palette.png",
+        "rgb.bmp",
+        "sixteen.png",
     }
 
 
@@ -238,6 +247,7 @@ def _flips(loader: DataLoader) -> dict[int, bool]:
 
 def test_flips_depend_only_on_seed_epoch_index(asymmetric_folder: Path) -> None:
     dataset = ImageFolderDataset(asymmetric_folder, image_size=16, seed=7)
+
     def flipped(epoch: int, index: int) -> bool:
         return bool(torch.rand((), generator=sample_generator(7, epoch, index)) < 0.5)
 
@@ -250,9 +260,7 @@ def test_flips_depend_only_on_seed_epoch_index(asymmetric_folder: Path) -> None:
     assert _flips(serial) == expected[0]
 
     # Two persistent workers and another batch size: set_epoch must still reach the workers.
-    parallel = DataLoader(
-        dataset, batch_size=3, num_workers=2, persistent_workers=True, collate_fn=collate_skipping
-    )
+    parallel = DataLoader(dataset, batch_size=3, num_workers=2, persistent_workers=True, collate_fn=collate_skipping)
     dataset.set_epoch(0)
     assert _flips(parallel) == expected[0]
     dataset.set_epoch(1)
@@ -281,11 +289,7 @@ def test_derive_seed_separates_key_lengths_and_orders() -> None:
 def test_sampler_shards_are_disjoint_equal_and_cover_the_permutation(drop_last: bool) -> None:
     num_samples, world_size = 103, 4
     shards = [
-        list(
-            ResumableSampler(
-                num_samples, rank=r, world_size=world_size, seed=5, drop_last=drop_last
-            )
-        )
+        list(ResumableSampler(num_samples, rank=r, world_size=world_size, seed=5, drop_last=drop_last))
         for r in range(world_size)
     ]
     lengths = {len(s) for s in shards}

@@ -104,8 +104,11 @@ def test_presets_give_the_papers_two_sizes():
     assert set(FUSION_PRESETS) == {"paper-text-29m", "paper-appendix-a"}
     # an explicit size that agrees with the preset is fine; one that contradicts it names both
     assert fusion(12, 768, 1536, preset="paper-text-29m").expert_hidden == 1536
-    with pytest.raises(ConfigError, match=r"fusion.preset='paper-appendix-a' sets fusion.expert_hidden=3072, "
-                                          r"but fusion.expert_hidden=1536 was given"):
+    with pytest.raises(
+        ConfigError,
+        match=r"fusion.preset='paper-appendix-a' sets fusion.expert_hidden=3072, "
+        r"but fusion.expert_hidden=1536 was given",
+    ):
         fusion(12, 768, 1536, preset="paper-appendix-a")
     with pytest.raises(ConfigError, match="fusion.expert_hidden not set"):
         fusion(12, 768)

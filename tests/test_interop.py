@@ -3,7 +3,16 @@ import json
 import pytest
 import torch
 
-from drorae import DRoRAE, DecoderConfig, DepthRoutedFusion, FusionConfig, RAEDecoder, export_rae, import_rae, load_backbone
+from drorae import (
+    DecoderConfig,
+    DepthRoutedFusion,
+    DRoRAE,
+    FusionConfig,
+    RAEDecoder,
+    export_rae,
+    import_rae,
+    load_backbone,
+)
 from drorae.serialization import CheckpointKeyError, export_decoder_state_dict
 
 from .conftest import randomize
@@ -52,8 +61,12 @@ def test_transformers4_encoder_names_are_converted_and_foreign_keys_refused(diff
     path = diffusers_rae_dir / "diffusion_pytorch_model.safetensors"
     ref = import_rae(diffusers_rae_dir).eval()
     state = load_file(str(path))
-    legacy = {k.replace(".attention.q_proj.", ".attention.attention.query.").replace(".attention.o_proj.", ".attention.output.dense."): v
-              for k, v in state.items()}
+    legacy = {
+        k.replace(".attention.q_proj.", ".attention.attention.query.").replace(
+            ".attention.o_proj.", ".attention.output.dense."
+        ): v
+        for k, v in state.items()
+    }
     save_file(legacy, str(path))
     conv = import_rae(diffusers_rae_dir).eval()
     with torch.no_grad():
@@ -68,20 +81,26 @@ def test_transformers4_encoder_names_are_converted_and_foreign_keys_refused(diff
 def test_import_rae_decoder_file_with_stats(dinov2_reg_dir, images, tmp_path):
     """An RAE-format decoder state dict (ViT-MAE names) + backbone + {'mean','var'} stats."""
     bb = load_backbone(str(dinov2_reg_dir), input_size=32)
-    cfg = DecoderConfig(latent_dim=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=4, num_patches=64)
+    cfg = DecoderConfig(
+        latent_dim=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=4, num_patches=64
+    )
     dec = randomize(RAEDecoder(cfg), 3)
     state = export_decoder_state_dict(dec, layout="rae", prefix="")
     assert "decoder_layers.0.attention.attention.query.weight" in state and "trainable_cls_token" in state
     torch.save(state, tmp_path / "decoder.pt")
     mean, var = torch.randn(1, 64, 8, 8) * 0.1, torch.rand(1, 64, 8, 8) + 0.5
     torch.save({"mean": mean, "var": var}, tmp_path / "stats.pt")
-    tok = import_rae(tmp_path / "decoder.pt", backbone=str(dinov2_reg_dir), stats=tmp_path / "stats.pt", input_size=32, num_heads=2).eval()
+    tok = import_rae(
+        tmp_path / "decoder.pt", backbone=str(dinov2_reg_dir), stats=tmp_path / "stats.pt", input_size=32, num_heads=2
+    ).eval()
     with torch.no_grad():
         feats = bb(images)
         z_ref = (feats.z_base.transpose(1, 2).reshape(2, 64, 8, 8) - mean) / torch.sqrt(var + 1e-5)  # RAE's encode
         torch.testing.assert_close(tok.encode(images), z_ref, rtol=1e-5, atol=1e-5)
         tokens = (z_ref * torch.sqrt(var + 1e-5) + mean).flatten(2).transpose(1, 2)  # RAE's decode
-        x_ref = dec.unpatchify(dec(tokens)) * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        x_ref = dec.unpatchify(dec(tokens)) * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor(
+            [0.485, 0.456, 0.406]
+        ).view(1, 3, 1, 1)
         torch.testing.assert_close(tok.decode(z_ref), x_ref, rtol=1e-5, atol=1e-5)
 
     state["decoder_layers.0.attention.extra.weight"] = torch.zeros(1)

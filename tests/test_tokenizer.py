@@ -3,21 +3,35 @@ import json
 import pytest
 import torch
 
-from drorae import DRoRAE, DecoderConfig, DepthRoutedFusion, FusionConfig, RAEDecoder, load_backbone
+from drorae import DecoderConfig, DepthRoutedFusion, DRoRAE, FusionConfig, RAEDecoder, load_backbone
 from drorae.serialization import CheckpointKeyError
 
 
 def tiny_decoder(latent_dim=64, num_patches=64):
-    return RAEDecoder(DecoderConfig(latent_dim=latent_dim, hidden_size=32, num_layers=2, num_heads=2,
-                                    intermediate_size=64, patch_size=4, num_patches=num_patches))
+    return RAEDecoder(
+        DecoderConfig(
+            latent_dim=latent_dim,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            patch_size=4,
+            num_patches=num_patches,
+        )
+    )
 
 
 @pytest.fixture
 def model(dinov2_reg_dir):
     torch.manual_seed(0)
     bb = load_backbone(str(dinov2_reg_dir), input_size=32)
-    m = DRoRAE(bb, tiny_decoder(), DepthRoutedFusion(FusionConfig(num_layers=bb.num_layers, dim=bb.hidden_size, expert_hidden=16,
-                                                                      norm_eps=bb.norm_eps)))
+    m = DRoRAE(
+        bb,
+        tiny_decoder(),
+        DepthRoutedFusion(
+            FusionConfig(num_layers=bb.num_layers, dim=bb.hidden_size, expert_hidden=16, norm_eps=bb.norm_eps)
+        ),
+    )
     m.set_latent_stats(torch.randn(64, 8, 8) * 0.1, torch.rand(64, 8, 8) + 0.5)
     return m.eval()
 
@@ -125,16 +139,44 @@ def test_a_drorae_0_1_directory_still_loads(model, images, tmp_path):
     new = json.loads((tmp_path / "m" / "config.json").read_text())
     f, d = model.fusion, model.decoder.config
     legacy = {
-        "_class_name": "DRoRAE", "_drorae_version": "0.1.0", "backbone": "backbone", "input_size": 32,
-        "hidden_size": 64, "num_layers": 3,
-        "decoder": {"latent_dim": 64, "hidden_size": d.hidden_size, "num_layers": d.num_layers, "num_heads": d.num_heads,
-                    "intermediate_size": d.intermediate_size, "patch_size": 4, "num_patches": 64, "num_channels": 3,
-                    "layer_norm_eps": 1e-12, "pos_embed_base_grid": None},
-        "fusion": {"num_layers": 3, "dim": 64, "expert_hidden": 16, "beta": f.beta, "routing": "energy",
-                   "correction": "incremental", "norm_eps": f.norm_eps, "layers": [1, 2, 3], "energy_eps": 1e-6,
-                   "activation": "gelu", "attention_heads": 8},
-        "fusion_enabled": True, "pixel_mean": [0.485, 0.456, 0.406], "pixel_std": [0.229, 0.224, 0.225],
-        "latent_norm": True, "latent_stats_shape": [64, 8, 8], "latent_std_eps": 1e-5, "scaling_factor": 1.0,
+        "_class_name": "DRoRAE",
+        "_drorae_version": "0.1.0",
+        "backbone": "backbone",
+        "input_size": 32,
+        "hidden_size": 64,
+        "num_layers": 3,
+        "decoder": {
+            "latent_dim": 64,
+            "hidden_size": d.hidden_size,
+            "num_layers": d.num_layers,
+            "num_heads": d.num_heads,
+            "intermediate_size": d.intermediate_size,
+            "patch_size": 4,
+            "num_patches": 64,
+            "num_channels": 3,
+            "layer_norm_eps": 1e-12,
+            "pos_embed_base_grid": None,
+        },
+        "fusion": {
+            "num_layers": 3,
+            "dim": 64,
+            "expert_hidden": 16,
+            "beta": f.beta,
+            "routing": "energy",
+            "correction": "incremental",
+            "norm_eps": f.norm_eps,
+            "layers": [1, 2, 3],
+            "energy_eps": 1e-6,
+            "activation": "gelu",
+            "attention_heads": 8,
+        },
+        "fusion_enabled": True,
+        "pixel_mean": [0.485, 0.456, 0.406],
+        "pixel_std": [0.229, 0.224, 0.225],
+        "latent_norm": True,
+        "latent_stats_shape": [64, 8, 8],
+        "latent_std_eps": 1e-5,
+        "scaling_factor": 1.0,
         "noise_tau": 0.0,
     }
     (tmp_path / "m" / "config.json").write_text(json.dumps(legacy))
@@ -151,17 +193,20 @@ def test_a_drorae_0_1_directory_still_loads(model, images, tmp_path):
 def test_from_config_builds_from_one_typed_config(dinov2_reg_dir, images):
     from drorae import BackboneConfig, DRoRAEConfig
 
-    config = DRoRAEConfig(backbone=BackboneConfig(name_or_path=str(dinov2_reg_dir), input_size=32),
-                          decoder=DecoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                                patch_size=4),
-                          fusion=FusionConfig(expert_hidden=16))
+    config = DRoRAEConfig(
+        backbone=BackboneConfig(name_or_path=str(dinov2_reg_dir), input_size=32),
+        decoder=DecoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=4),
+        fusion=FusionConfig(expert_hidden=16),
+    )
     m = DRoRAE.from_config(config).eval()
     assert m.decoder.config.latent_dim == 64 and m.decoder.config.num_patches == 64  # from the backbone
     assert m.fusion.num_layers == 3 and m.fusion.norm_eps == m.backbone.norm_eps
     assert m.decode(m.encode(images)).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="decoder.latent_dim=32 does not match the backbone, which gives 64"):
         DRoRAE.from_config(DRoRAEConfig(backbone=config.backbone, decoder=DecoderConfig(preset="ViT-B", latent_dim=32)))
-    with pytest.raises(ValueError, match=r"decoder.preset='ViT-B' sets decoder.num_layers=12, but decoder.num_layers=2"):
+    with pytest.raises(
+        ValueError, match=r"decoder.preset='ViT-B' sets decoder.num_layers=12, but decoder.num_layers=2"
+    ):
         DRoRAE.from_config(DRoRAEConfig(backbone=config.backbone, decoder=DecoderConfig(preset="ViT-B", num_layers=2)))
     with pytest.raises(ValueError, match="backbone.name_or_path not set"):
         DRoRAE.from_config(DRoRAEConfig(decoder=config.decoder))
@@ -174,7 +219,8 @@ def test_the_model_package_does_not_import_the_training_code(dinov2_reg_dir):
     code = (
         "import sys, drorae\n"
         "from drorae import BackboneConfig, DecoderConfig, DRoRAE, DRoRAEConfig, FusionConfig\n"
-        f"m = DRoRAE.from_config(DRoRAEConfig(backbone=BackboneConfig(name_or_path={str(dinov2_reg_dir)!r}, input_size=32),"
+        f"m = DRoRAE.from_config(DRoRAEConfig(backbone=BackboneConfig(name_or_path={str(dinov2_reg_dir)!r}, "
+        "input_size=32),"
         " decoder=DecoderConfig(preset='ViT-B', patch_size=4), fusion=FusionConfig(expert_hidden=8)))\n"
         "bad = sorted(k for k in sys.modules if k.startswith(('drorae.training', 'drorae.engine', 'drorae.demo')))\n"
         "assert not bad, bad\n"

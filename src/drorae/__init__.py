@@ -6,18 +6,30 @@ RAE-compatible ViT decoder; plus training, evaluation and the offline demo.
 
 __version__ = "0.2.0"
 
-from .configuration import ConfigError  # noqa: E402
 from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, load_backbone  # noqa: E402
+from .configuration import ConfigError  # noqa: E402
 from .decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder  # noqa: E402
 from .fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, FusionOutput  # noqa: E402
-from .tokenizer import DRoRAE, DRoRAEConfig, DRoRAEOutput  # noqa: E402
 from .interop import export_rae, import_rae  # noqa: E402
+from .tokenizer import DRoRAE, DRoRAEConfig, DRoRAEOutput  # noqa: E402
 
 __all__ = [
     "ConfigError",
-    "BackboneConfig", "BackboneOutput", "FrozenBackbone", "build_backbone", "load_backbone",
-    "DECODER_PRESETS", "DecoderConfig", "RAEDecoder",
-    "FUSION_PRESETS", "DepthRoutedFusion", "FusionConfig", "FusionOutput",
-    "DRoRAE", "DRoRAEConfig", "DRoRAEOutput",
-    "export_rae", "import_rae",
+    "BackboneConfig",
+    "BackboneOutput",
+    "FrozenBackbone",
+    "build_backbone",
+    "load_backbone",
+    "DECODER_PRESETS",
+    "DecoderConfig",
+    "RAEDecoder",
+    "FUSION_PRESETS",
+    "DepthRoutedFusion",
+    "FusionConfig",
+    "FusionOutput",
+    "DRoRAE",
+    "DRoRAEConfig",
+    "DRoRAEOutput",
+    "export_rae",
+    "import_rae",
 ]

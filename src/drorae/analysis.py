@@ -69,7 +69,9 @@ def unpatchify(patches: Tensor, patch: int, grid_hw: tuple[int, int], channels: 
     b, n, d = patches.shape
     gh, gw = grid_hw
     if n != gh * gw or d != channels * patch * patch:
-        raise ValueError(f"patches {tuple(patches.shape)} do not match grid {grid_hw}, patch {patch}, {channels} channels")
+        raise ValueError(
+            f"patches {tuple(patches.shape)} do not match grid {grid_hw}, patch {patch}, {channels} channels"
+        )
     x = patches.reshape(b, gh, gw, channels, patch, patch)
     x = x.permute(0, 3, 1, 4, 2, 5)  # [B, C, gh, p, gw, p]
     return x.reshape(b, channels, gh * patch, gw * patch)

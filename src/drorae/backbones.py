@@ -97,9 +97,13 @@ def check_images(images: Tensor, name: str = "images") -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.ndim != 4:
-        raise ValueError(f"{name} must have shape [B, 3, H, W], got rank {images.ndim} with shape {tuple(images.shape)}")
+        raise ValueError(
+            f"{name} must have shape [B, 3, H, W], got rank {images.ndim} with shape {tuple(images.shape)}"
+        )
     if images.shape[1] != 3:
-        raise ValueError(f"{name} must have 3 channels (RGB) in dim 1, got {images.shape[1]} (shape {tuple(images.shape)})")
+        raise ValueError(
+            f"{name} must have 3 channels (RGB) in dim 1, got {images.shape[1]} (shape {tuple(images.shape)})"
+        )
     if not images.is_floating_point():
         raise TypeError(
             f"{name} must be a floating-point tensor in [0, 1], got dtype {images.dtype}; "
@@ -143,16 +147,23 @@ class FrozenBackbone(nn.Module):
             raise ValueError(f"input_size={input_size} must be a multiple of the backbone patch size {self.patch_size}")
         self.input_size = int(input_size)
         d_mean, d_std = _DEFAULT_MEAN_STD[family]
-        self.register_buffer("mean", torch.tensor(mean or d_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean or d_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("std", torch.tensor(std or d_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
     def config(self) -> BackboneConfig:
         """This backbone as a :class:`BackboneConfig` (what a saved tokenizer records)."""
-        return BackboneConfig(name_or_path=self.name_or_path, input_size=self.input_size,
-                              pixel_mean=self.mean.flatten().tolist(), pixel_std=self.std.flatten().tolist(),
-                              hidden_size=self.hidden_size, num_layers=self.num_layers)
+        return BackboneConfig(
+            name_or_path=self.name_or_path,
+            input_size=self.input_size,
+            pixel_mean=self.mean.flatten().tolist(),
+            pixel_std=self.std.flatten().tolist(),
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+        )
 
     @property
     def grid_size(self) -> int:
@@ -162,7 +173,7 @@ class FrozenBackbone(nn.Module):
     def num_tokens(self) -> int:
         return self.grid_size**2
 
-    def train(self, mode: bool = True) -> "FrozenBackbone":
+    def train(self, mode: bool = True) -> FrozenBackbone:
         # A frozen backbone stays in eval mode (no dropout / drop-path) even inside model.train(),
         # unless someone unfroze it on purpose (the paper's "full" ablation).
         trainable = any(p.requires_grad for p in self.parameters())
@@ -201,7 +212,9 @@ def _resolve_local(name_or_path: str, download: bool) -> str:
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise BackboneNotFoundError(f"backbone directory {path} has no config.json (expected a save_pretrained directory)")
+            raise BackboneNotFoundError(
+                f"backbone directory {path} has no config.json (expected a save_pretrained directory)"
+            )
         return str(path)
     if path.exists() or str(name_or_path).startswith((".", "/", "~")):
         raise BackboneNotFoundError(f"backbone path {path} does not exist or is not a directory")
@@ -254,9 +267,7 @@ def load_backbone(
     model_type = config.model_type
     family = _FAMILIES.get(model_type)
     if family is None:
-        raise ValueError(
-            f"backbone {name_or_path!r} has model_type {model_type!r}; supported: {sorted(_FAMILIES)}"
-        )
+        raise ValueError(f"backbone {name_or_path!r} has model_type {model_type!r}; supported: {sorted(_FAMILIES)}")
     if model_type.startswith("siglip2"):
         raise ValueError(
             f"backbone {name_or_path!r} is a NaFlex SigLIP2 checkpoint (Siglip2VisionModel), which takes patch "
@@ -285,9 +296,14 @@ def random_backbone(config: RandomBackboneConfig, input_size: int) -> FrozenBack
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     torch.manual_seed(config.seed)
-    hf = Dinov2WithRegistersConfig(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-                                   num_attention_heads=config.num_attention_heads, patch_size=config.patch_size,
-                                   num_register_tokens=config.num_register_tokens, image_size=input_size)
+    hf = Dinov2WithRegistersConfig(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        patch_size=config.patch_size,
+        num_register_tokens=config.num_register_tokens,
+        image_size=input_size,
+    )
     return FrozenBackbone(Dinov2WithRegistersModel(hf).eval(), "dinov2", input_size=input_size, name_or_path=None)
 
 
@@ -306,8 +322,10 @@ def build_backbone(config: BackboneConfig, base_dir: str | Path | None = None) -
     elif config.random is not None:
         backbone = random_backbone(config.random, config.input_size)
     else:
-        raise ConfigError("backbone.name_or_path not set: give a local save_pretrained directory or a cached hub id "
-                          "(or backbone.random for a smoke test)")
+        raise ConfigError(
+            "backbone.name_or_path not set: give a local save_pretrained directory or a cached hub id "
+            "(or backbone.random for a smoke test)"
+        )
     check_backbone(backbone, config)
     return backbone
 

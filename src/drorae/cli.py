@@ -14,11 +14,20 @@ from .training.phases import PHASES
 def _cmd_import_rae(args: argparse.Namespace) -> int:
     from .interop import import_rae
 
-    model = import_rae(args.src, backbone=args.backbone, stats=args.stats, input_size=args.input_size,
-                       num_heads=args.num_heads, key=args.key)
+    model = import_rae(
+        args.src,
+        backbone=args.backbone,
+        stats=args.stats,
+        input_size=args.input_size,
+        num_heads=args.num_heads,
+        key=args.key,
+    )
     model.save_pretrained(args.dst, save_backbone=not args.reference_backbone)
     counts = model.parameter_counts()
-    print(f"imported {args.src} -> {args.dst} (fusion off; backbone {counts['backbone']:,} + decoder {counts['decoder']:,} parameters)")
+    print(
+        f"imported {args.src} -> {args.dst} (fusion off; backbone {counts['backbone']:,} + "
+        f"decoder {counts['decoder']:,} parameters)"
+    )
     return 0
 
 
@@ -47,19 +56,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     bb = model.backbone
     print(f"DRoRAE at {args.model}")
-    print(f"  backbone  {bb.family} ({config['backbone']['name_or_path']}): {bb.num_layers} blocks, width {bb.hidden_size}, "
-          f"patch {bb.patch_size}, input {bb.input_size}px -> {bb.grid_size}x{bb.grid_size} tokens")
+    print(
+        f"  backbone  {bb.family} ({config['backbone']['name_or_path']}): {bb.num_layers} blocks, "
+        f"width {bb.hidden_size}, "
+        f"patch {bb.patch_size}, input {bb.input_size}px -> {bb.grid_size}x{bb.grid_size} tokens"
+    )
     if model.fusion is not None:
         f = model.fusion
-        print(f"  fusion    {'on' if model.fusion_enabled else 'off'}: routing={f.routing}, correction={f.correction}, "
-              f"beta={f.beta}, expert_hidden={f.expert_hidden}, layers={f.layers}")
+        print(
+            f"  fusion    {'on' if model.fusion_enabled else 'off'}: routing={f.routing}, correction={f.correction}, "
+            f"beta={f.beta}, expert_hidden={f.expert_hidden}, layers={f.layers}"
+        )
     else:
         print("  fusion    none (plain RAE)")
     d = model.decoder.config
-    print(f"  decoder   width {d.hidden_size}, {d.num_layers} blocks, {d.num_heads} heads, patch {d.patch_size} "
-          f"-> {d.image_size}px")
-    print(f"  latent    [{bb.hidden_size}, {bb.grid_size}, {bb.grid_size}], normalised={model.config.latent_norm}, "
-          f"scaling_factor={model.config.scaling_factor}")
+    print(
+        f"  decoder   width {d.hidden_size}, {d.num_layers} blocks, {d.num_heads} heads, patch {d.patch_size} "
+        f"-> {d.image_size}px"
+    )
+    print(
+        f"  latent    [{bb.hidden_size}, {bb.grid_size}, {bb.grid_size}], normalised={model.config.latent_norm}, "
+        f"scaling_factor={model.config.scaling_factor}"
+    )
     print("  parameters:")
     for part in ("backbone", "fusion", "decoder", "total"):
         print(f"    {part:<9} {counts[part]:>14,}")
@@ -126,16 +144,24 @@ def _cmd_data_sample(args: argparse.Namespace) -> int:
     from .demo import write_sample_dataset
 
     counts = write_sample_dataset(args.dir, crop_size=args.max_size)
-    print(f"wrote {counts['train']} train and {counts['heldout']} held-out photos to {args.dir}/train and {args.dir}/heldout")
+    print(
+        f"wrote {counts['train']} train and {counts['heldout']} held-out photos "
+        f"to {args.dir}/train and {args.dir}/heldout"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drorae", description="DRoRAE visual tokenizer: import, inspect, reconstruct, train, demo.")
+    parser = argparse.ArgumentParser(
+        prog="drorae", description="DRoRAE visual tokenizer: import, inspect, reconstruct, train, demo."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("import-rae", help="convert a diffusers AutoencoderRAE dir or an RAE decoder file into a DRoRAE dir",
-                       description="Build a fusion-off DRoRAE that encodes/decodes exactly like the source RAE model.")
+    p = sub.add_parser(
+        "import-rae",
+        help="convert a diffusers AutoencoderRAE dir or an RAE decoder file into a DRoRAE dir",
+        description="Build a fusion-off DRoRAE that encodes/decodes exactly like the source RAE model.",
+    )
     p.add_argument("src", help="diffusers AutoencoderRAE directory, or RAE decoder checkpoint (.pt/.pth/.safetensors)")
     p.add_argument("dst", help="output DRoRAE directory")
     p.add_argument("--backbone", help="backbone path or cached hub id (required for an RAE decoder file)")
@@ -143,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=224, help="backbone input size for a decoder file (default 224)")
     p.add_argument("--num-heads", type=int, help="decoder heads, if the decoder width is not an RAE preset")
     p.add_argument("--key", help="entry of a nested checkpoint holding the decoder state dict (e.g. ema)")
-    p.add_argument("--reference-backbone", action="store_true", help="reference the backbone by path instead of storing it")
+    p.add_argument(
+        "--reference-backbone", action="store_true", help="reference the backbone by path instead of storing it"
+    )
     p.set_defaults(func=_cmd_import_rae)
 
     p = sub.add_parser("export-rae", help="write a DRoRAE dir (fusion off) as a diffusers AutoencoderRAE dir")
@@ -165,30 +193,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fusion", action="store_true", help="decode the plain-RAE latent (fusion off)")
     p.set_defaults(func=_cmd_reconstruct)
 
-    p = sub.add_parser("train", help=f"train one phase ({', '.join(PHASES)}) from a YAML config",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train one DRoRAE phase. Launch with torchrun for several GPUs/processes "
-                                   "(DistributedDataParallel). Extra key=value arguments override the config "
-                                   "(e.g. train.batch_size=64).",
-                       epilog="phases:\n" + "\n".join(
-                           f"  {ph.name:<6} trains {' + '.join(ph.trains)}; {ph.description}"
-                           + (f" (--init: a phase-{ph.needs_init} output)" if ph.needs_init else "")
-                           for ph in PHASES.values()))
+    p = sub.add_parser(
+        "train",
+        help=f"train one phase ({', '.join(PHASES)}) from a YAML config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one DRoRAE phase. Launch with torchrun for several GPUs/processes "
+        "(DistributedDataParallel). Extra key=value arguments override the config "
+        "(e.g. train.batch_size=64).",
+        epilog="phases:\n"
+        + "\n".join(
+            f"  {ph.name:<6} trains {' + '.join(ph.trains)}; {ph.description}"
+            + (f" (--init: a phase-{ph.needs_init} output)" if ph.needs_init else "")
+            for ph in PHASES.values()
+        ),
+    )
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--phase", required=True, choices=list(PHASES), help="phase to train (see below)")
     p.add_argument("--data", required=True, help="image folder (class sub-folders or flat)")
     p.add_argument("--out", required=True, help="run directory: checkpoints/, tensorboard/, model/")
     p.add_argument("--init", help="previous phase's --out directory (or a DRoRAE save_pretrained dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out (a fresh start when there is none "
-                   "yet, so torchrun --max-restarts can relaunch the same command)")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule still spans train.max_steps)")
-    p.add_argument("--checkpoint-every", type=int, help="checkpoint interval in steps (overrides train.checkpoint_every)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --out (a fresh start when there is none "
+        "yet, so torchrun --max-restarts can relaunch the same command)",
+    )
+    p.add_argument(
+        "--max-steps", type=int, help="stop after this many steps (the schedule still spans train.max_steps)"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, help="checkpoint interval in steps (overrides train.checkpoint_every)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("demo", help="the whole pipeline offline on CPU at toy scale, with a report",
-                       description="Pretrain (or reuse) a tiny backbone, probe its layers, train phases 1-3 and the "
-                                   "controls, evaluate on held-out photos, write report.md/report.json and figures.")
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline offline on CPU at toy scale, with a report",
+        description="Pretrain (or reuse) a tiny backbone, probe its layers, train phases 1-3 and the "
+        "controls, evaluate on held-out photos, write report.md/report.json and figures.",
+    )
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers meaningless)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")

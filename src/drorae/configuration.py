@@ -10,7 +10,8 @@ naming both, so ``preset: ViT-XL`` with ``hidden_size: 512`` never trains a ViT-
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

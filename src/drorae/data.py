@@ -205,9 +205,7 @@ def _cmyk_with_icc(image: Image.Image) -> Image.Image | None:
         from PIL import ImageCms
 
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        return ImageCms.profileToProfile(
-            image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
-        )
+        return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
     except Exception:  # a broken profile or Pillow built without LittleCMS: use the formula
         return None
 
@@ -450,9 +448,7 @@ class ResumableSampler(Sampler[int]):
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if drop_last and num_samples < world_size:
             raise ValueError(
                 f"num_samples ({num_samples}) < world_size ({world_size}) with drop_last=True "
@@ -486,8 +482,7 @@ class ResumableSampler(Sampler[int]):
         """Record that ``n`` more samples of this epoch were consumed by this rank."""
         if n < 0 or self.position + n > self.samples_per_rank:
             raise ValueError(
-                f"cannot advance by {n}: position {self.position} of {self.samples_per_rank} "
-                f"in epoch {self.epoch}"
+                f"cannot advance by {n}: position {self.position} of {self.samples_per_rank} in epoch {self.epoch}"
             )
         self.position += int(n)
 
@@ -522,8 +517,11 @@ class ResumableSampler(Sampler[int]):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``epoch`` and ``position``; the configuration must be the one that produced the
         state (another world size, seed or data set size could not reproduce the remaining samples)."""
-        changed = [f"{key}: {state[key]!r} -> {getattr(self, key)!r}" for key in self._CONFIG_KEYS
-                   if key in state and state[key] != getattr(self, key)]
+        changed = [
+            f"{key}: {state[key]!r} -> {getattr(self, key)!r}"
+            for key in self._CONFIG_KEYS
+            if key in state and state[key] != getattr(self, key)
+        ]
         if changed:
             raise ValueError(f"cannot resume with a different sampler configuration ({'; '.join(changed)})")
         position = int(state["position"])

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from .configuration import ConfigError, apply_preset, config_from_dict, require
 
-
 # RAE's decoder sizes (its configs/decoder/ViT{B,L,XL}); the paper uses ViT-XL.
 DECODER_PRESETS = {
     "ViT-B": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
@@ -52,9 +51,18 @@ class DecoderConfig:
         """A copy with the preset applied and every size checked (what :class:`RAEDecoder` stores)."""
         cfg = replace(self)
         apply_preset(cfg, "decoder", DECODER_PRESETS)
-        require(cfg, "decoder", ("hidden_size", "num_layers", "num_heads", "intermediate_size"),
-                f"set decoder.preset (one of {sorted(DECODER_PRESETS)}) or all four sizes")
-        require(cfg, "decoder", ("latent_dim", "num_patches"), "they come from the backbone (build through DRoRAE.from_config)")
+        require(
+            cfg,
+            "decoder",
+            ("hidden_size", "num_layers", "num_heads", "intermediate_size"),
+            f"set decoder.preset (one of {sorted(DECODER_PRESETS)}) or all four sizes",
+        )
+        require(
+            cfg,
+            "decoder",
+            ("latent_dim", "num_patches"),
+            "they come from the backbone (build through DRoRAE.from_config)",
+        )
         if math.isqrt(cfg.num_patches) ** 2 != cfg.num_patches:
             raise ConfigError(f"decoder.num_patches={cfg.num_patches} must be a perfect square")
         return cfg
@@ -150,7 +158,11 @@ class RAEDecoder(nn.Module):
         self.config = cfg = config.resolved()
         self.embed = nn.Linear(cfg.latent_dim, cfg.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.hidden_size, cfg.grid_size, base_grid=cfg.pos_embed_base_grid)[None], persistent=False)
+        self.register_buffer(
+            "pos_embed",
+            sincos_pos_embed_2d(cfg.hidden_size, cfg.grid_size, base_grid=cfg.pos_embed_base_grid)[None],
+            persistent=False,
+        )
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.pred = nn.Linear(cfg.hidden_size, cfg.patch_size**2 * cfg.num_channels)

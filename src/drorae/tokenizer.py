@@ -98,8 +98,13 @@ class DRoRAEOutput:
 
 
 class DRoRAE(nn.Module):
-    def __init__(self, backbone: FrozenBackbone, decoder: RAEDecoder, fusion: DepthRoutedFusion | None = None,
-                 config: DRoRAEConfig | None = None):
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        decoder: RAEDecoder,
+        fusion: DepthRoutedFusion | None = None,
+        config: DRoRAEConfig | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.fusion = fusion
@@ -113,8 +118,12 @@ class DRoRAE(nn.Module):
                 f"C={c}, L={backbone.num_layers}"
             )
         # The parts' sections always describe the modules; the rest comes from ``config``.
-        self.config = replace(config or DRoRAEConfig(), backbone=backbone.config(), decoder=decoder.config,
-                              fusion=fusion.config if fusion is not None else None)
+        self.config = replace(
+            config or DRoRAEConfig(),
+            backbone=backbone.config(),
+            decoder=decoder.config,
+            fusion=fusion.config if fusion is not None else None,
+        )
         self.config.fusion_enabled = bool(self.config.fusion_enabled and fusion is not None)
         self.register_buffer("pixel_mean", backbone.mean.detach().clone().view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", backbone.std.detach().clone().view(1, 3, 1, 1), persistent=False)
@@ -137,8 +146,10 @@ class DRoRAE(nn.Module):
     def add_fusion(self, fusion: DepthRoutedFusion) -> None:
         """Attach a (new) fusion module, e.g. before phase 2, and switch fusion on."""
         if fusion.dim != self.backbone.hidden_size or fusion.num_layers != self.backbone.num_layers:
-            raise ValueError(f"fusion module (C={fusion.dim}, L={fusion.num_layers}) does not fit the backbone "
-                             f"(C={self.backbone.hidden_size}, L={self.backbone.num_layers})")
+            raise ValueError(
+                f"fusion module (C={fusion.dim}, L={fusion.num_layers}) does not fit the backbone "
+                f"(C={self.backbone.hidden_size}, L={self.backbone.num_layers})"
+            )
         self.fusion = fusion.to(self.pixel_mean.device)
         self.config.fusion = fusion.config
         self.config.fusion_enabled = True
@@ -150,8 +161,10 @@ class DRoRAE(nn.Module):
         try:
             torch.broadcast_shapes(mean.shape, std.shape, (c, g, g))
         except RuntimeError:
-            raise ValueError(f"latent stats of shapes {tuple(mean.shape)} / {tuple(std.shape)} do not broadcast to "
-                             f"[C={c}, h={g}, w={g}]") from None
+            raise ValueError(
+                f"latent stats of shapes {tuple(mean.shape)} / {tuple(std.shape)} do not broadcast to "
+                f"[C={c}, h={g}, w={g}]"
+            ) from None
         mean, std = torch.broadcast_tensors(mean, std)
         device = self.pixel_mean.device
         for name, value in (("latent_mean", mean), ("latent_std", std)):
@@ -163,7 +176,7 @@ class DRoRAE(nn.Module):
         self.config.latent_std_eps = float(eps)
 
     # -- encode / decode ---------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "DRoRAE":
+    def train(self, mode: bool = True) -> DRoRAE:
         super().train(mode)
         self.backbone.train(mode)  # stays in eval mode while frozen
         return self
@@ -204,7 +217,9 @@ class DRoRAE(nn.Module):
 
     def add_latent_noise(self, tokens: Tensor, noise_tau: float, generator: torch.Generator | None = None) -> Tensor:
         """RAE's decoder noise augmentation: z + sigma * eps, sigma ~ U(0, noise_tau) per sample."""
-        sigma = noise_tau * torch.rand((tokens.shape[0], 1, 1), device=tokens.device, dtype=tokens.dtype, generator=generator)
+        sigma = noise_tau * torch.rand(
+            (tokens.shape[0], 1, 1), device=tokens.device, dtype=tokens.dtype, generator=generator
+        )
         return tokens + sigma * torch.randn(tokens.shape, device=tokens.device, dtype=tokens.dtype, generator=generator)
 
     def encode(self, images: Tensor) -> Tensor:
@@ -221,7 +236,9 @@ class DRoRAE(nn.Module):
             raise TypeError(f"latent must be a floating-point tensor, got {getattr(latent, 'dtype', type(latent))}")
         return self.decode_tokens(self.latent_to_tokens(latent))
 
-    def forward(self, images: Tensor, noise_tau: float | None = None, generator: torch.Generator | None = None) -> DRoRAEOutput:
+    def forward(
+        self, images: Tensor, noise_tau: float | None = None, generator: torch.Generator | None = None
+    ) -> DRoRAEOutput:
         """Reconstruct; in training mode the latent gets noise (``noise_tau``, default the config's)."""
         tokens, z_base, fused = self.encode_tokens(images)
         latent = self.tokens_to_latent(tokens)
@@ -241,8 +258,9 @@ class DRoRAE(nn.Module):
 
     # -- save / load -------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: DRoRAEConfig, backbone: FrozenBackbone | None = None,
-                    base_dir: str | Path | None = None) -> DRoRAE:
+    def from_config(
+        cls, config: DRoRAEConfig, backbone: FrozenBackbone | None = None, base_dir: str | Path | None = None
+    ) -> DRoRAE:
         """Build a tokenizer with fresh decoder / fusion weights from ``config``.
 
         The backbone is ``backbone`` or the one ``config.backbone`` names (relative paths inside
@@ -252,7 +270,9 @@ class DRoRAE(nn.Module):
         """
         bb = backbone if backbone is not None else build_backbone(config.backbone, base_dir)
         check_backbone(bb, config.backbone)
-        decoder_cfg = fill_from_backbone(config.decoder, "decoder", latent_dim=bb.hidden_size, num_patches=bb.num_tokens)
+        decoder_cfg = fill_from_backbone(
+            config.decoder, "decoder", latent_dim=bb.hidden_size, num_patches=bb.num_tokens
+        )
         decoder = RAEDecoder(decoder_cfg)
         fusion = fusion_for_backbone(config.fusion, bb) if config.fusion is not None else None
         return cls(bb, decoder, fusion, config)
@@ -271,8 +291,12 @@ class DRoRAE(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backbone: str | FrozenBackbone | None = None,
-                        map_location: str | torch.device = "cpu") -> DRoRAE:
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        backbone: str | FrozenBackbone | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> DRoRAE:
         """Load a ``save_pretrained`` directory. ``backbone`` overrides the stored/referenced one."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME
@@ -283,8 +307,10 @@ class DRoRAE(nn.Module):
         except json.JSONDecodeError as err:
             raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
         if raw.get("_class_name") != "DRoRAE":
-            raise ValueError(f"{cfg_path} describes a {raw.get('_class_name')!r}, not a DRoRAE "
-                             "(import RAE / diffusers models with drorae.import_rae)")
+            raise ValueError(
+                f"{cfg_path} describes a {raw.get('_class_name')!r}, not a DRoRAE "
+                "(import RAE / diffusers models with drorae.import_rae)"
+            )
         config = DRoRAEConfig.from_dict(raw)
         if isinstance(backbone, str):
             config.backbone.name_or_path = backbone

@@ -27,7 +27,14 @@ def demo_out(tmp_path_factory):
 
 
 def test_demo_writes_every_artifact(demo_out):
-    for name in ("report.json", "report.md", "reconstructions.png", "router_weights.png", "layer_probe.png", "loss_curves.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "reconstructions.png",
+        "router_weights.png",
+        "layer_probe.png",
+        "loss_curves.png",
+    ):
         assert (demo_out / name).is_file() and (demo_out / name).stat().st_size > 0, name
     for stage in ("phase1", "phase2", "phase3", "rae_matched", "phase2_last_layer"):
         assert (demo_out / stage / "model" / "model.safetensors").is_file()
@@ -39,7 +46,9 @@ def test_report_json_shape_and_markdown_shows_its_numbers(demo_out):
     for row in ROWS:
         assert set(report["phases"][row]) >= {"psnr", "ssim", "fd"}
     assert len(report["layer_probe_psnr"]) == report["backbone"]["recipe"]["num_layers"] + 1
-    assert {"backbone", "probe", "phase1", "phase2", "phase3", "rae_matched", "phase2_last_layer", "eval"} <= set(report["seconds"])
+    assert {"backbone", "probe", "phase1", "phase2", "phase3", "rae_matched", "phase2_last_layer", "eval"} <= set(
+        report["seconds"]
+    )
     md = (demo_out / "report.md").read_text()
     for row in ROWS:
         r = report["phases"][row]
@@ -54,9 +63,9 @@ def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
     the plain per-model path: ReconstructionMetrics on decode(encode(x)) with its own FD passes."""
     import torch
 
-    from drorae.demo import photos as sample_data
     from drorae.backbones import load_backbone
     from drorae.demo import evaluate_models
+    from drorae.demo import photos as sample_data
     from drorae.metrics import ReconstructionMetrics
     from drorae.tokenizer import DRoRAE
 

@@ -113,9 +113,7 @@ def test_reconstruction_loss_skips_discriminator_before_start(
 ) -> None:
     decoder, latent, real = _decoder_and_batch()
     disc = CountingDiscriminator(PatchDiscriminator(base_channels=8, num_layers=2))
-    loss_fn = ReconstructionLoss(
-        perceptual=NamedDistance(), discriminator=disc, disc_start=5, disc_update_start=3
-    )
+    loss_fn = ReconstructionLoss(perceptual=NamedDistance(), discriminator=disc, disc_start=5, disc_update_start=3)
     with monkeypatch.context() as patch:
         _no_item(patch)
         losses = loss_fn(real, decoder(latent), decoder.weight, step=4)
@@ -131,9 +129,7 @@ def test_reconstruction_loss_skips_discriminator_before_start(
 def test_reconstruction_loss_with_gan(monkeypatch: pytest.MonkeyPatch) -> None:
     decoder, latent, real = _decoder_and_batch()
     disc = CountingDiscriminator(PatchDiscriminator(base_channels=8, num_layers=2))
-    loss_fn = ReconstructionLoss(
-        perceptual=NamedDistance(), gan_weight=0.75, discriminator=disc, disc_start=5
-    )
+    loss_fn = ReconstructionLoss(perceptual=NamedDistance(), gan_weight=0.75, discriminator=disc, disc_start=5)
     rec = decoder(latent)
     with monkeypatch.context() as patch:
         _no_item(patch)

@@ -21,8 +21,12 @@ def dinov2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
-        patch_size=8, image_size=32,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        patch_size=8,
+        image_size=32,
     )
     return _save(Dinov2Model(config), tmp_path_factory.mktemp("dinov2"))
 
@@ -57,8 +61,13 @@ def test_dino_with_registers_drops_prefix_tokens(tmp_path: Path) -> None:
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     config = Dinov2WithRegistersConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-        patch_size=8, image_size=32, num_register_tokens=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        patch_size=8,
+        image_size=32,
+        num_register_tokens=4,
     )
     path = _save(Dinov2WithRegistersModel(config), tmp_path / "reg")
     disc = DinoFeatureDiscriminator(path, input_size=48, head_dim=8)
@@ -69,8 +78,12 @@ def test_vit_backbone_at_another_resolution(tmp_path: Path) -> None:
     from transformers import ViTConfig, ViTModel
 
     config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        patch_size=8, image_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=8,
+        image_size=32,
     )
     path = _save(ViTModel(config), tmp_path / "vit")
     disc = DinoFeatureDiscriminator(path, hook_layers=[2], input_size=48, head_dim=8)

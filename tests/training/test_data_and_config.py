@@ -57,24 +57,49 @@ def test_config_unknown_key_and_wrong_type_fail_naming_the_key(tmp_path):
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     from drorae.cli import main
 
-    code = main(["train", "--config", str(CPU_TINY), "--phase", "1", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                 "model.fusion.betta=0.3"])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(CPU_TINY),
+            "--phase",
+            "1",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "model.fusion.betta=0.3",
+        ]
+    )
     assert code == 2
     assert "'model.fusion.betta'" in capsys.readouterr().err
 
 
 def test_a_preset_and_a_contradicting_size_fail_naming_both(tmp_path):
-    with pytest.raises(ConfigError, match=r"model.decoder.preset='ViT-XL' sets model.decoder.hidden_size=1152, "
-                                          r"but model.decoder.hidden_size=512 was given"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.decoder.preset='ViT-XL' sets model.decoder.hidden_size=1152, "
+        r"but model.decoder.hidden_size=512 was given",
+    ):
         load_config(REPO / "configs" / "paper" / "phase1.yaml", ["model.decoder.hidden_size=512"])
-    with pytest.raises(ConfigError, match=r"model.fusion.preset='paper-appendix-a' sets model.fusion.expert_hidden=3072, "
-                                          r"but model.fusion.expert_hidden=1536 was given"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.fusion.preset='paper-appendix-a' sets model.fusion.expert_hidden=3072, "
+        r"but model.fusion.expert_hidden=1536 was given",
+    ):
         load_config(REPO / "configs" / "paper" / "phase2-appendix-a.yaml", ["model.fusion.expert_hidden=1536"])
     # agreeing values are fine, and so is a preset switched off for explicit sizes
     assert load_config(REPO / "configs" / "paper" / "phase1.yaml", ["model.decoder.hidden_size=1152"])
-    cfg = load_config(REPO / "configs" / "paper" / "phase1.yaml", [
-        "model.decoder.preset=null", "model.decoder.hidden_size=512", "model.decoder.num_layers=8",
-        "model.decoder.num_heads=8", "model.decoder.intermediate_size=2048"])
+    cfg = load_config(
+        REPO / "configs" / "paper" / "phase1.yaml",
+        [
+            "model.decoder.preset=null",
+            "model.decoder.hidden_size=512",
+            "model.decoder.num_layers=8",
+            "model.decoder.num_heads=8",
+            "model.decoder.intermediate_size=2048",
+        ],
+    )
     assert cfg.model.decoder.hidden_size == 512 and cfg.model.decoder.preset is None
 
 
@@ -84,8 +109,14 @@ def _dinov2_base_shaped_backbone():
 
     from drorae import FrozenBackbone
 
-    hf = Dinov2WithRegistersConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14,
-                                   num_register_tokens=4, image_size=224)
+    hf = Dinov2WithRegistersConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        patch_size=14,
+        num_register_tokens=4,
+        image_size=224,
+    )
     with torch.device("meta"):
         model = Dinov2WithRegistersModel(hf)
     return FrozenBackbone(model, "dinov2", input_size=224, name_or_path="meta")

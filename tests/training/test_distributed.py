@@ -21,8 +21,20 @@ def env() -> dict:
 
 
 def train_args(phase: str, image_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["-m", "drorae.cli", "train", "--config", str(CPU_TINY), "--phase", phase, "--data", str(image_dir),
-            "--out", str(out), *extra]
+    return [
+        "-m",
+        "drorae.cli",
+        "train",
+        "--config",
+        str(CPU_TINY),
+        "--phase",
+        phase,
+        "--data",
+        str(image_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def torchrun(nproc: int, *launcher: str) -> list[str]:
@@ -39,8 +51,19 @@ def assert_same_tensors(a: Path, b: Path, atol: float, skip: str = "rng.") -> No
 
 def test_torchrun_two_ranks_phase2(phase1_run, image_dir, tmp_path):
     out = tmp_path / "ddp"
-    cmd = torchrun(2, *train_args("2", image_dir, out, "--init", str(phase1_run), "train.max_steps=3",
-                                  "train.checkpoint_every=3", "train.record_indices=true"))
+    cmd = torchrun(
+        2,
+        *train_args(
+            "2",
+            image_dir,
+            out,
+            "--init",
+            str(phase1_run),
+            "train.max_steps=3",
+            "train.checkpoint_every=3",
+            "train.record_indices=true",
+        ),
+    )
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size=2" in proc.stdout
@@ -59,11 +82,21 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(image_dir, tmp_p
     Deterministic losses only (L1, no latent noise, no GAN whose adaptive weight is per rank)."""
     common = ["train.max_steps=4", "train.checkpoint_every=4", "model.noise_tau=0", "loss.discriminator=none"]
     two, one = tmp_path / "two", tmp_path / "one"
-    proc = subprocess.run(torchrun(2, *train_args("1", image_dir, two, *common, "train.batch_size=4")),
-                          env=env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        torchrun(2, *train_args("1", image_dir, two, *common, "train.batch_size=4")),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run([sys.executable, *train_args("1", image_dir, one, *common, "train.batch_size=8")],
-                          env=env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, *train_args("1", image_dir, one, *common, "train.batch_size=8")],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_tensors(one / "model" / "model.safetensors", two / "model" / "model.safetensors", atol=1e-5)
     # raw weights, EMA and AdamW moments in the last checkpoint agree too
@@ -96,8 +129,9 @@ def test_torchrun_killed_mid_run_resumes_to_the_same_weights(image_dir, tmp_path
     args = [f"train.max_steps={steps}", "train.checkpoint_every=2", "--resume"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     command = torchrun(2, *train_args("1", image_dir, killed, *args))
-    proc = subprocess.run(torchrun(2, *train_args("1", image_dir, full, *args)), env=env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        torchrun(2, *train_args("1", image_dir, full, *args)), env=env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     run = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -11,20 +11,25 @@ from .conftest import CPU_TINY
 
 def snapshot(model: DRoRAE) -> dict[str, dict[str, torch.Tensor]]:
     parts = {"backbone": model.backbone, "fusion": model.fusion, "decoder": model.decoder}
-    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in parts.items() if m is not None}
+    return {
+        name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in parts.items() if m is not None
+    }
 
 
 def changed(before: dict, after: dict) -> bool:
     return any(not torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("phase,trains,needs_init", [
-    ("1", {"decoder"}, False),
-    ("2", {"fusion"}, True),
-    ("joint", {"fusion", "decoder"}, True),
-    ("full", {"decoder", "backbone"}, "phase2"),
-    ("3", {"decoder"}, "phase2"),
-])
+@pytest.mark.parametrize(
+    "phase,trains,needs_init",
+    [
+        ("1", {"decoder"}, False),
+        ("2", {"fusion"}, True),
+        ("joint", {"fusion", "decoder"}, True),
+        ("full", {"decoder", "backbone"}, "phase2"),
+        ("3", {"decoder"}, "phase2"),
+    ],
+)
 def test_phase_trains_only_its_groups(phase, trains, needs_init, phase1_run, image_dir, tmp_path):
     cfg = load_config(CPU_TINY, ["train.max_steps=3", "train.checkpoint_every=100"])
     init = None
@@ -41,7 +46,11 @@ def test_phase_trains_only_its_groups(phase, trains, needs_init, phase1_run, ima
     for group in before:
         assert changed(before[group], after[group]) == (group in trains), f"phase {phase}: group {group}"
     # frozen groups: no gradients, no optimizer state
-    for name, module in (("backbone", trainer.model.backbone), ("fusion", trainer.model.fusion), ("decoder", trainer.model.decoder)):
+    for name, module in (
+        ("backbone", trainer.model.backbone),
+        ("fusion", trainer.model.fusion),
+        ("decoder", trainer.model.decoder),
+    ):
         if module is None:
             continue
         for p in module.parameters():

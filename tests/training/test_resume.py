@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drorae.training import NonFiniteLossError, Trainer, load_config
 from drorae.engine import checkpoint as ckpt
+from drorae.training import NonFiniteLossError, Trainer, load_config
 
 from .conftest import CPU_TINY, REPO, wait_for_checkpoint
 
@@ -19,8 +19,24 @@ ARGS = [f"train.max_steps={STEPS}", "train.log_every=1", "data.num_workers=1"]
 
 
 def train_cmd(image_dir, out, *extra):
-    return [sys.executable, "-m", "drorae.cli", "train", "--config", str(CPU_TINY), "--phase", "1",
-            "--data", str(image_dir), "--out", str(out), "--checkpoint-every", "2", *extra, *ARGS]
+    return [
+        sys.executable,
+        "-m",
+        "drorae.cli",
+        "train",
+        "--config",
+        str(CPU_TINY),
+        "--phase",
+        "1",
+        "--data",
+        str(image_dir),
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "2",
+        *extra,
+        *ARGS,
+    ]
 
 
 def env():
@@ -32,7 +48,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(image_dir, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(train_cmd(image_dir, full), check=True, env=env(), capture_output=True)
 
-    proc = subprocess.Popen(train_cmd(image_dir, killed), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(image_dir, killed), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_checkpoint(killed / "checkpoints", step=4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -77,7 +95,9 @@ def test_nan_loss_stops_and_previous_checkpoint_loads(image_dir, tmp_path):
             return losses
 
     trainer = DivergesAtStep6(cfg, "1", tmp_path, data_dir=image_dir, progress=False)
-    with pytest.raises(NonFiniteLossError, match=r"NaN/inf at or before step 6.*last good checkpoint is .*step_00000004"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"NaN/inf at or before step 6.*last good checkpoint is .*step_00000004"
+    ):
         trainer.run()
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
     assert latest.name == "step_00000004"

@@ -11,5 +11,16 @@ from .backbone import BackboneRecipe, cached_backbone, default_cache_dir
 from .photos import RandomCropDataset, fixed_eval_crops, load_photos, write_sample_dataset
 from .pipeline import ROWS, DemoPlan, evaluate_models, run_demo
 
-__all__ = ["BackboneRecipe", "cached_backbone", "default_cache_dir", "RandomCropDataset", "fixed_eval_crops",
-           "load_photos", "write_sample_dataset", "ROWS", "DemoPlan", "evaluate_models", "run_demo"]
+__all__ = [
+    "BackboneRecipe",
+    "cached_backbone",
+    "default_cache_dir",
+    "RandomCropDataset",
+    "fixed_eval_crops",
+    "load_photos",
+    "write_sample_dataset",
+    "ROWS",
+    "DemoPlan",
+    "evaluate_models",
+    "run_demo",
+]

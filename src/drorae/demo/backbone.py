@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from . import photos as sample_photos
 from ..backbones import IMAGENET_MEAN, IMAGENET_STD
 from ..data import derive_seed, pil_to_tensor
 from ..engine.schedule import warmup_cosine_lr
+from . import photos as sample_photos
 
 __all__ = [
     "BackboneRecipe",
@@ -146,12 +146,19 @@ class BackboneRecipe:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
 
     @classmethod
-    def quick(cls, **overrides: Any) -> "BackboneRecipe":
+    def quick(cls, **overrides: Any) -> BackboneRecipe:
         """A tiny recipe for tests and ``--quick`` runs: a few seconds. Far too short to make
         deep layers lose detail; it checks the plumbing, not the effect."""
         base = dict(
-            hidden_size=64, num_layers=3, num_heads=1, patch_size=8, image_size=32,
-            steps=30, batch_size=16, lr=1e-3, warmup_steps=3,
+            hidden_size=64,
+            num_layers=3,
+            num_heads=1,
+            patch_size=8,
+            image_size=32,
+            steps=30,
+            batch_size=16,
+            lr=1e-3,
+            warmup_steps=3,
         )
         return cls(**{**base, **overrides})
 
@@ -166,7 +173,7 @@ class BackboneRecipe:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BackboneRecipe":
+    def from_dict(cls, data: dict[str, Any]) -> BackboneRecipe:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -174,7 +181,7 @@ class BackboneRecipe:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "BackboneRecipe":
+    def from_json(cls, text: str) -> BackboneRecipe:
         return cls.from_dict(json.loads(text))
 
     def key(self) -> str:
@@ -182,7 +189,7 @@ class BackboneRecipe:
         payload = json.dumps({"trainer": _TRAINER_VERSION, "recipe": self.to_dict()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
-    def replace(self, **changes: Any) -> "BackboneRecipe":
+    def replace(self, **changes: Any) -> BackboneRecipe:
         return replace(self, **changes)
 
     # -- model ----------------------------------------------------------------------------------
@@ -243,7 +250,7 @@ def sample_batch(
 
 def _gray(x: Tensor) -> Tensor:
     """ITU-R 601 luma ``[B, 1, H, W]``."""
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -289,8 +296,8 @@ def augment_batch(images: Tensor, recipe: BackboneRecipe, generator: torch.Gener
                 m = _gray(xi).mean()
                 xi = ((xi - m) * f + m).clamp(0, 1)
             else:  # saturation around the per-pixel luma
-                l = _gray(xi)
-                xi = ((xi - l) * f + l).clamp(0, 1)
+                luma = _gray(xi)
+                xi = ((xi - luma) * f + luma).clamp(0, 1)
         if perm_apply[i]:
             xi = xi[:, perms[i]]
         if gray_apply[i]:
@@ -336,9 +343,7 @@ def _pooled(tokens: Tensor, recipe: BackboneRecipe) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
-def pretrain_backbone(
-    recipe: BackboneRecipe, out_dir: str | os.PathLike, progress: bool = True
-) -> dict[str, Any]:
+def pretrain_backbone(recipe: BackboneRecipe, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Pretrain the recipe's backbone on the TRAIN sample photos and save it to ``out_dir``.
 
     Writes ``Dinov2WithRegistersModel.save_pretrained(out_dir)`` (the classification head is

@@ -103,7 +103,7 @@ SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_photo(name: str) -> np.ndarray:
     """One sample photo as a read-only uint8 array ``[H, W, 3]`` (cached; copy to modify)."""
     if name not in PHOTO_SOURCES:
@@ -153,9 +153,7 @@ def _as_images(photos: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[
     for array in arrays:
         array = np.asarray(array)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(
-                f"photos must be uint8 [H, W, 3] arrays, got {array.dtype} {array.shape}"
-            )
+            raise ValueError(f"photos must be uint8 [H, W, 3] arrays, got {array.dtype} {array.shape}")
         images.append(Image.fromarray(array))
     return images
 
@@ -167,8 +165,9 @@ def _check_scale(scale: tuple[float, float]) -> tuple[float, float]:
     return low, high
 
 
-def crop_window(image: Image.Image, size: int, scale: tuple[float, float], u_scale: float, u_x: float,
-                u_y: float) -> Image.Image:
+def crop_window(
+    image: Image.Image, size: int, scale: tuple[float, float], u_scale: float, u_x: float, u_y: float
+) -> Image.Image:
     """The scale-jittered crop every demo data stream uses, from three uniform draws in [0, 1).
 
     A window of side ``size * s`` (``s`` log-uniform in ``scale``, at quantile ``u_scale``, so zooming
@@ -241,9 +240,7 @@ class RandomCropDataset(EpochSeededDataset):
             raise IndexError(f"index {index} out of range for {self.length} samples")
         generator = sample_generator(self.seed, self.epoch, index)
         photo = int(torch.randint(len(self.images), (1,), generator=generator).item())
-        image = _random_crop(
-            self.images[photo], self.crop_size, self.scale, generator, self.random_flip
-        )
+        image = _random_crop(self.images[photo], self.crop_size, self.scale, generator, self.random_flip)
         return {"image": image, "index": index}
 
     def __repr__(self) -> str:
@@ -282,9 +279,7 @@ def fixed_eval_crops(
 # --------------------------------------------------------------------------------------------
 
 
-def write_sample_dataset(
-    out_dir: str | os.PathLike, crop_size: int | None = None
-) -> dict[str, int]:
+def write_sample_dataset(out_dir: str | os.PathLike, crop_size: int | None = None) -> dict[str, int]:
     """Write the sample photos as ``out_dir/train/<photo>.png`` and ``out_dir/heldout/<photo>.png``.
 
     With ``crop_size=None`` the photos are written at full resolution. With an integer, each

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from ..training import Trainer, load_config
 from . import photos as sample_photos
 from .backbone import BackboneRecipe, cached_backbone, default_cache_dir
-from ..training import Trainer, load_config
 
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
 ROWS = ("rae", "phase2", "phase3", "rae_matched", "phase2_last_layer")
@@ -58,22 +58,39 @@ class DemoPlan:
     quick: bool = False
 
     @classmethod
-    def quick_plan(cls) -> "DemoPlan":
-        return cls(batch_size=8, phase1_steps=6, phase2_steps=4, phase3_steps=4, eval_crops=16, probe_train_crops=64, quick=True)
+    def quick_plan(cls) -> DemoPlan:
+        return cls(
+            batch_size=8,
+            phase1_steps=6,
+            phase2_steps=4,
+            phase3_steps=4,
+            eval_crops=16,
+            probe_train_crops=64,
+            quick=True,
+        )
 
 
 def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, extra: list[str] = ()):
-    overrides = [f"model.backbone.name_or_path={backbone_dir}", f"model.backbone.input_size={plan.crop}",
-                 f"data.image_size={plan.crop}",
-                 f"train.batch_size={plan.batch_size}", f"train.max_steps={steps}", f"optim.lr={lr}",
-                 f"train.seed={plan.seed}", f"train.log_every={max(1, steps // 20)}", *extra]
+    overrides = [
+        f"model.backbone.name_or_path={backbone_dir}",
+        f"model.backbone.input_size={plan.crop}",
+        f"data.image_size={plan.crop}",
+        f"train.batch_size={plan.batch_size}",
+        f"train.max_steps={steps}",
+        f"optim.lr={lr}",
+        f"train.seed={plan.seed}",
+        f"train.log_every={max(1, steps // 20)}",
+        *extra,
+    ]
     if plan.quick:
         overrides += ["model.decoder.num_layers=1", "model.fusion.expert_hidden=32", "optim.warmup_steps=1"]
     return load_config(DEMO_CONFIG, overrides)
 
 
 @torch.no_grad()
-def evaluate_models(model_dirs: dict[str, Path], images: torch.Tensor, backbone, batch_size: int = 64) -> dict[str, dict[str, float]]:
+def evaluate_models(
+    model_dirs: dict[str, Path], images: torch.Tensor, backbone, batch_size: int = 64
+) -> dict[str, dict[str, float]]:
     """PSNR / SSIM / Frechet distance in the backbone's feature space (mean-pooled z_base) of
     every model on ``images``, ``{row: metrics}``.
 
@@ -112,8 +129,9 @@ def reconstructions(model_dir: Path, images: torch.Tensor, backbone=None) -> tup
     return out.reconstruction.clamp(0, 1), weights
 
 
-def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bool = True,
-             cache_dir: str | Path | None = None) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path = "demo-out", quick: bool = False, progress: bool = True, cache_dir: str | Path | None = None
+) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = DemoPlan.quick_plan() if quick else DemoPlan()
@@ -144,7 +162,11 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bo
     probe = probe_backbone(backbone, probe_train, eval_images, alpha=1.0, batch_size=64)
     probe_curve = [*probe["blocks"], probe["z_base"]]
     seconds["probe"] = time.perf_counter() - t
-    print("probe PSNR (dB): " + ", ".join(f"b{i + 1} {v:.2f}" for i, v in enumerate(probe["blocks"])) + f", z_base {probe['z_base']:.2f}")
+    print(
+        "probe PSNR (dB): "
+        + ", ".join(f"b{i + 1} {v:.2f}" for i, v in enumerate(probe["blocks"]))
+        + f", z_base {probe['z_base']:.2f}"
+    )
 
     # 3-7. training stages ---------------------------------------------------------------------
     train_set = sample_photos.RandomCropDataset(train_photos, plan.crop, length=100_000, seed=plan.seed)
@@ -160,19 +182,34 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bo
     for name, phase, init, steps, lr, extra in stages:
         t = stage(f"{name}: phase {phase}, {steps} steps" + (f", from {init}" if init else ""))
         cfg = _stage_config(plan, backbone_dir, steps, lr, extra)
-        result = Trainer(cfg, phase, out / name, init=out / init if init else None, dataset=train_set,
-                         progress=progress).run()
+        result = Trainer(
+            cfg, phase, out / name, init=out / init if init else None, dataset=train_set, progress=progress
+        ).run()
         histories[name] = result.history
         seconds[name] = time.perf_counter() - t
 
     # 8. evaluation, figures, report -----------------------------------------------------------
     t = stage("evaluation on held-out crops")
 
-    model_dirs = {"rae": out / "phase1" / "model", "phase2": out / "phase2" / "model", "phase3": out / "phase3" / "model",
-                  "rae_matched": out / "rae_matched" / "model", "phase2_last_layer": out / "phase2_last_layer" / "model"}
+    model_dirs = {
+        "rae": out / "phase1" / "model",
+        "phase2": out / "phase2" / "model",
+        "phase3": out / "phase3" / "model",
+        "rae_matched": out / "rae_matched" / "model",
+        "phase2_last_layer": out / "phase2_last_layer" / "model",
+    }
     results = evaluate_models({row: model_dirs[row] for row in ROWS}, eval_images, backbone)
-    figures = write_figures(out, eval_images, model_dirs, probe_curve, histories, plot_layer_probe,
-                            plot_router_weights, router_weight_maps, backbone)
+    figures = write_figures(
+        out,
+        eval_images,
+        model_dirs,
+        probe_curve,
+        histories,
+        plot_layer_probe,
+        plot_router_weights,
+        router_weight_maps,
+        backbone,
+    )
     seconds["eval"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
 
@@ -180,14 +217,19 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, progress: bo
         "phases": results,
         "layer_probe_psnr": probe_curve,
         "layer_probe_labels": [f"block {i + 1}" for i in range(L)] + ["z_base"],
-        "backbone": {"recipe": asdict(recipe), "key": recipe.key(), "directory": str(backbone_dir),
-                     "pretrain": pretrain_stats, "cache": str(cache_dir or default_cache_dir())},
+        "backbone": {
+            "recipe": asdict(recipe),
+            "key": recipe.key(),
+            "directory": str(backbone_dir),
+            "pretrain": pretrain_stats,
+            "cache": str(cache_dir or default_cache_dir()),
+        },
         "plan": asdict(plan),
         "claims": claims(results, probe_curve),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "figures": figures,
         "fd_note": "fd = Frechet distance between mean-pooled z_base features of the frozen demo backbone "
-                   "(originals vs reconstructions); it is not rFID (no Inception network).",
+        "(originals vs reconstructions); it is not rFID (no Inception network).",
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(render_markdown(report))
@@ -200,14 +242,26 @@ def claims(results: dict, probe_curve: list[float]) -> list[dict]:
     p = {k: v["psnr"] for k, v in results.items()}
     checks = [
         ("phase 2 beats the RAE baseline with the same frozen decoder", "phase2", "rae"),
-        ("phase 2 beats the same fusion fed only the last block (the gain is the extra layers)", "phase2", "phase2_last_layer"),
+        (
+            "phase 2 beats the same fusion fed only the last block (the gain is the extra layers)",
+            "phase2",
+            "phase2_last_layer",
+        ),
         ("phase 3 beats the RAE decoder trained for the same extra steps (equal compute)", "phase3", "rae_matched"),
     ]
-    out = [{"claim": text, "holds": bool(p[a] > p[b]), "margin_db": round(p[a] - p[b], 3), "rows": [a, b]}
-           for text, a, b in checks]
+    out = [
+        {"claim": text, "holds": bool(p[a] > p[b]), "margin_db": round(p[a] - p[b], 3), "rows": [a, b]}
+        for text, a, b in checks
+    ]
     shallow, last = max(probe_curve[:-2]), probe_curve[-2]
-    out.append({"claim": "layer probe: a shallower block keeps more pixel detail than the last block",
-                "holds": bool(shallow > last), "margin_db": round(shallow - last, 3), "rows": ["probe"]})
+    out.append(
+        {
+            "claim": "layer probe: a shallower block keeps more pixel detail than the last block",
+            "holds": bool(shallow > last),
+            "margin_db": round(shallow - last, 3),
+            "rows": ["probe"],
+        }
+    )
     return out
 
 
@@ -215,7 +269,9 @@ def results_table(report: dict) -> str:
     lines = ["| model | held-out PSNR (dB) | SSIM | FD (backbone features) |", "|---|---|---|---|"]
     for row in ROWS:
         r = report["phases"][row]
-        lines.append(f"| {ROW_LABELS[row]} (`{row}`) | {r['psnr']:.2f} | {r['ssim']:.4f} | {r.get('fd', float('nan')):.4f} |")
+        lines.append(
+            f"| {ROW_LABELS[row]} (`{row}`) | {r['psnr']:.2f} | {r['ssim']:.4f} | {r.get('fd', float('nan')):.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -229,7 +285,8 @@ def render_markdown(report: dict) -> str:
         "# DRoRAE demo report (toy scale, CPU, offline)",
         "",
         "Everything below was measured by this run. Toy scale: a tiny backbone pretrained for a few minutes on "
-        f"{len(sample_photos.load_photos('train'))} photos, tiny decoders far from converged. The numbers show the paper's "
+        f"{len(sample_photos.load_photos('train'))} photos, tiny decoders far from converged. "
+        "The numbers show the paper's "
         "mechanism, not its ImageNet results.",
         "",
         "## Reconstruction on held-out photos",
@@ -270,7 +327,8 @@ def render_markdown(report: dict) -> str:
         f"{recipe['patch_size']}, {recipe['num_register_tokens']} registers), trained {recipe['steps']} steps "
         f"(batch {recipe['batch_size']}, AdamW lr {recipe['lr']}) to classify which training photo a crop comes from "
         f"under strong augmentation; cache key `{report['backbone']['key']}`. Pretraining stats: "
-        + ", ".join(f"{k}={v}" for k, v in pre.items() if not isinstance(v, (dict, list))) + ".",
+        + ", ".join(f"{k}={v}" for k, v in pre.items() if not isinstance(v, (dict, list)))
+        + ".",
         "",
         "## Time per stage (seconds)",
         "",
@@ -282,8 +340,17 @@ def render_markdown(report: dict) -> str:
     return "\n".join(parts)
 
 
-def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, plot_layer_probe, plot_router_weights,
-                  router_weight_maps, backbone) -> dict[str, str]:
+def write_figures(
+    out: Path,
+    eval_images,
+    model_dirs,
+    probe_curve,
+    histories,
+    plot_layer_probe,
+    plot_router_weights,
+    router_weight_maps,
+    backbone,
+) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -318,15 +385,21 @@ def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, pl
     plt.close(fig)
     figures["reconstructions"] = "reconstructions.png"
 
-    plot_layer_probe({"pretrained demo backbone": probe_curve}, out / "layer_probe.png",
-                     labels=[f"b{i + 1}" for i in range(len(probe_curve) - 1)] + ["z_base"])
+    plot_layer_probe(
+        {"pretrained demo backbone": probe_curve},
+        out / "layer_probe.png",
+        labels=[f"b{i + 1}" for i in range(len(probe_curve) - 1)] + ["z_base"],
+    )
     figures["layer_probe"] = "layer_probe.png"
 
     if weights is not None:
         maps = router_weight_maps(weights[:1], (backbone.grid_size, backbone.grid_size))[0]
-        plot_router_weights(maps, out / "router_weights.png",
-                            layer_names=[f"block {i + 1}" for i in range(maps.shape[0])],
-                            title="phase-2 routing weights w_k per token (one held-out crop)")
+        plot_router_weights(
+            maps,
+            out / "router_weights.png",
+            layer_names=[f"block {i + 1}" for i in range(maps.shape[0])],
+            title="phase-2 routing weights w_k per token (one held-out crop)",
+        )
         figures["router_weights"] = "router_weights.png"
 
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -7,5 +7,17 @@ from .ema import EMA
 from .schedule import warmup_cosine_lr
 from .trainer import BaseTrainer, NonFiniteLossError, StepOutput, TrainResult
 
-__all__ = ["DataConfig", "LoopConfig", "OptimConfig", "load_yaml_config", "Distributed", "setup_distributed", "EMA",
-           "warmup_cosine_lr", "BaseTrainer", "NonFiniteLossError", "StepOutput", "TrainResult"]
+__all__ = [
+    "DataConfig",
+    "LoopConfig",
+    "OptimConfig",
+    "load_yaml_config",
+    "Distributed",
+    "setup_distributed",
+    "EMA",
+    "warmup_cosine_lr",
+    "BaseTrainer",
+    "NonFiniteLossError",
+    "StepOutput",
+    "TrainResult",
+]

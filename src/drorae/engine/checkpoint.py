@@ -54,7 +54,9 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], 
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     if len(state) != meta["num_states"]:
-        raise ValueError(f"optimizer {prefix}: checkpoint holds {len(state)} parameter states, expected {meta['num_states']}")
+        raise ValueError(
+            f"optimizer {prefix}: checkpoint holds {len(state)} parameter states, expected {meta['num_states']}"
+        )
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -63,8 +65,12 @@ def capture_rng() -> dict:
     py = random.getstate()
     np_state = np.random.get_state()
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
 
 
 def rng_to_checkpoint(states: list[dict]) -> tuple[dict[str, Tensor], list[dict]]:

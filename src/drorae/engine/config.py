@@ -62,7 +62,11 @@ def check(cond: bool, key: str, msg: str) -> None:
 
 def validate_run(optim: OptimConfig, loop: LoopConfig, optim_key: str = "optim", loop_key: str = "train") -> None:
     """Checks of the optimiser and loop sections that types alone do not express."""
-    check(loop.precision in ("auto", "bf16", "fp32"), f"{loop_key}.precision", f"{loop.precision!r} is not auto, bf16 or fp32")
+    check(
+        loop.precision in ("auto", "bf16", "fp32"),
+        f"{loop_key}.precision",
+        f"{loop.precision!r} is not auto, bf16 or fp32",
+    )
     check(loop.device in ("auto", "cpu", "cuda"), f"{loop_key}.device", f"{loop.device!r} is not auto, cpu or cuda")
     for name in ("batch_size", "grad_accum", "max_steps"):
         check(getattr(loop, name) >= 1, f"{loop_key}.{name}", "must be >= 1")

@@ -46,8 +46,9 @@ class Distributed:
         if not self.enabled:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                       find_unused_parameters=find_unused_parameters)
+        return DistributedDataParallel(
+            module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters
+        )
 
     def barrier(self) -> None:
         if self.enabled:

@@ -12,8 +12,18 @@ class RunLogger:
     """Scalars per logged step to ``<out>/metrics.jsonl`` and ``<out>/tensorboard/``, and to a tqdm bar
     (or one printed line per log when there is no terminal). Disabled on ranks other than 0."""
 
-    def __init__(self, out: Path, *, enabled: bool, progress: bool, desc: str, total: int, initial: int,
-                 total_label: int, purge_step: int | None = None):
+    def __init__(
+        self,
+        out: Path,
+        *,
+        enabled: bool,
+        progress: bool,
+        desc: str,
+        total: int,
+        initial: int,
+        total_label: int,
+        purge_step: int | None = None,
+    ):
         self.out, self.enabled, self.desc, self.total_label = out, enabled, desc, total_label
         self.history: list[dict] = []
         self.writer = self.bar = None
@@ -46,8 +56,11 @@ class RunLogger:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{text} {record['images_per_s']:.1f} img/s")
         else:
-            print(f"{self.desc} step {record['step']}/{self.total_label} lr={record['lr']:.3g} {text} "
-                  f"{record['images_per_s']:.1f} img/s", flush=True)
+            print(
+                f"{self.desc} step {record['step']}/{self.total_label} lr={record['lr']:.3g} {text} "
+                f"{record['images_per_s']:.1f} img/s",
+                flush=True,
+            )
 
     def image(self, tag: str, image: Tensor, step: int) -> None:
         if self.writer is not None:

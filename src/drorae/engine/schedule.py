@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 
-def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+def warmup_cosine_lr(
+    step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> float:
     """The learning rate at optimizer step ``step`` (0-based).
 
     Linear warm-up ``base_lr * (step + 1) / warmup_steps`` for ``step < warmup_steps``, then a

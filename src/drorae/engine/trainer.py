@@ -16,9 +16,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,8 +71,18 @@ class BaseTrainer:
         progress: progress bar (default: when stderr is a terminal).
     """
 
-    def __init__(self, config: Any, loop: LoopConfig, optim: OptimConfig, data: DataConfig, out_dir: str | Path, *,
-                 name: str, resume: bool = False, progress: bool | None = None):
+    def __init__(
+        self,
+        config: Any,
+        loop: LoopConfig,
+        optim: OptimConfig,
+        data: DataConfig,
+        out_dir: str | Path,
+        *,
+        name: str,
+        resume: bool = False,
+        progress: bool | None = None,
+    ):
         self.config, self.loop, self.optim, self.data = config, loop, optim, data
         self.out, self.name, self.resume = Path(out_dir), name, resume
         self.dist = setup_distributed(loop.device)
@@ -96,13 +107,17 @@ class BaseTrainer:
         seed this rank's training randomness and resume when asked."""
         o = self.optim
         self.trained = trained
-        self.opt = torch.optim.AdamW([p for _, p in trained], lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.opt = torch.optim.AdamW(
+            [p for _, p in trained], lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+        )
         self.optimizers = {"opt": self.opt, **(extra_optimizers or {})}
         self.ema = EMA(trained, o.ema_decay)
         self.dataset = dataset
         if len(dataset) < self.loop.batch_size * self.world:
-            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one global batch "
-                             f"({self.loop.batch_size} x {self.world} ranks)")
+            raise ValueError(
+                f"the dataset has {len(dataset)} images, fewer than one global batch "
+                f"({self.loop.batch_size} x {self.world} ranks)"
+            )
         self.sampler = ResumableSampler(len(dataset), rank=self.rank, world_size=self.world, seed=self.loop.seed)
         # Training randomness (latent noise, augmentation) gets its own per-rank seed; on resume
         # the checkpoint's RNG state of this rank replaces it.
@@ -160,10 +175,15 @@ class BaseTrainer:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.sampler.epoch)
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_size=loop.batch_size, sampler=self.sampler, num_workers=self.data.num_workers,
-                collate_fn=collate_skipping, pin_memory=self.device.type == "cuda",
+                self.dataset,
+                batch_size=loop.batch_size,
+                sampler=self.sampler,
+                num_workers=self.data.num_workers,
+                collate_fn=collate_skipping,
+                pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(loop.seed),  # keeps the global RNG untouched
-                persistent_workers=False)
+                persistent_workers=False,
+            )
             for batch in loader:
                 self.sampler.advance(batch["num_samples"])
                 self.skips.update(batch)
@@ -183,8 +203,16 @@ class BaseTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.yaml").write_text(to_yaml(self.config))
             self.describe()
-        logger = RunLogger(self.out, enabled=self.is_main, progress=self.progress, desc=self.name, total=stop_at,
-                           initial=self.step, total_label=loop.max_steps, purge_step=self.step if self.resume else None)
+        logger = RunLogger(
+            self.out,
+            enabled=self.is_main,
+            progress=self.progress,
+            desc=self.name,
+            total=stop_at,
+            initial=self.step,
+            total_label=loop.max_steps,
+            purge_step=self.step if self.resume else None,
+        )
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         batches = self._batches()
         t_start = t_log = time.perf_counter()
@@ -200,12 +228,16 @@ class BaseTrainer:
                 raise NonFiniteLossError(
                     f"{self.name}: the loss became NaN/inf at or before step {self.step}; stopping. The last good "
                     f"checkpoint is {good or 'none (no checkpoint was written yet)'}; lower optim.lr or raise "
-                    "optim.warmup_steps, then --resume.")
+                    "optim.warmup_steps, then --resume."
+                )
             if is_log:
                 now = time.perf_counter()
-                record = {"step": self.step, "lr": self.opt.param_groups[0]["lr"],
-                          **{k: float(v) for k, v in out.losses.items()},
-                          "images_per_s": images_since_log * self.world / max(now - t_log, 1e-9)}
+                record = {
+                    "step": self.step,
+                    "lr": self.opt.param_groups[0]["lr"],
+                    **{k: float(v) for k, v in out.losses.items()},
+                    "images_per_s": images_since_log * self.world / max(now - t_log, 1e-9),
+                }
                 t_log, images_since_log = now, 0
                 logger.log(record)
             if loop.image_every and self.step % loop.image_every == 0 and out.images is not None:
@@ -224,10 +256,14 @@ class BaseTrainer:
             summary = self.skips.summary() if self.world == 1 else f"skipped {skipped} unreadable files on all ranks"
             if skipped:
                 log.warning("%s", summary)
-            print(f"{self.name}: {self.step} steps in {seconds:.1f}s; written to {model_dir}"
-                  + (f"; {summary}" if skipped else ""), flush=True)
-        return TrainResult(model_dir=model_dir, steps=self.step, seconds=seconds, history=self.history,
-                           skipped_files=skipped)
+            print(
+                f"{self.name}: {self.step} steps in {seconds:.1f}s; written to {model_dir}"
+                + (f"; {summary}" if skipped else ""),
+                flush=True,
+            )
+        return TrainResult(
+            model_dir=model_dir, steps=self.step, seconds=seconds, history=self.history, skipped_files=skipped
+        )
 
     def _log_images(self, logger: RunLogger, x: Tensor, y: Tensor) -> None:
         from torchvision.utils import make_grid
@@ -252,9 +288,17 @@ class BaseTrainer:
         tensors.update(rng_tensors)
         extra_tensors, extra_state = self.checkpoint_extra()
         tensors.update(extra_tensors)
-        state = {"name": self.name, "step": self.step, "world_size": self.world, "sampler": self.sampler.state_dict(),
-                 "skips": self.skips.state_dict(), "optimizers": optimizers, "rng": rng_meta,
-                 "config": to_dict(self.config), **extra_state}
+        state = {
+            "name": self.name,
+            "step": self.step,
+            "world_size": self.world,
+            "sampler": self.sampler.state_dict(),
+            "skips": self.skips.state_dict(),
+            "optimizers": optimizers,
+            "rng": rng_meta,
+            "config": to_dict(self.config),
+            **extra_state,
+        }
         path = ckpt.write_checkpoint(self.ckpt_dir, self.step, tensors, state, keep=self.loop.keep_checkpoints)
         log.info("checkpoint %s", path)
         self.dist.barrier()
@@ -263,14 +307,18 @@ class BaseTrainer:
         path = ckpt.latest_checkpoint(self.ckpt_dir)
         if path is None:
             if self.is_main:
-                print(f"--resume: no checkpoint under {self.ckpt_dir} yet; starting {self.name} from step 0", flush=True)
+                print(
+                    f"--resume: no checkpoint under {self.ckpt_dir} yet; starting {self.name} from step 0", flush=True
+                )
             return
         tensors, state = ckpt.read_checkpoint(path)
         if state.get("name") != self.name:
             raise ValueError(f"--resume: {path} is a checkpoint of {state.get('name')!r}, not of {self.name!r}")
         if state["world_size"] != self.world:
-            raise ValueError(f"--resume: {path} was written by {state['world_size']} ranks; this run has {self.world} "
-                             "(the data position and each rank's RNG state are per rank)")
+            raise ValueError(
+                f"--resume: {path} was written by {state['world_size']} ranks; this run has {self.world} "
+                "(the data position and each rank's RNG state are per rank)"
+            )
         with torch.no_grad():
             for n, p in self.trained:
                 if f"model.{n}" not in tensors:

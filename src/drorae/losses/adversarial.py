@@ -73,9 +73,7 @@ def adaptive_generator_weight(
     (rec_grad,) = torch.autograd.grad(rec_loss, last_layer_weight, retain_graph=True)
     (gan_grad,) = torch.autograd.grad(gan_loss, last_layer_weight, retain_graph=True)
     # Norms in float32: bf16/fp16 gradients would make the ratio noisy.
-    weight = torch.linalg.vector_norm(rec_grad.float()) / (
-        torch.linalg.vector_norm(gan_grad.float()) + eps
-    )
+    weight = torch.linalg.vector_norm(rec_grad.float()) / (torch.linalg.vector_norm(gan_grad.float()) + eps)
     return weight.clamp(0.0, max_weight).detach()
 
 

@@ -23,9 +23,7 @@ __all__ = ["DiffAugment", "diff_augment", "parse_policy", "AUGMENTATIONS"]
 _Op = Callable[[torch.Tensor, "torch.Generator | None", "DiffAugment"], torch.Tensor]
 
 
-def _rand(
-    shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
+def _rand(shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Uniform [0, 1) samples, drawn on the generator's device, returned on ``x``'s device/dtype."""
     device = generator.device if generator is not None else x.device
     return torch.rand(shape, generator=generator, device=device).to(device=x.device, dtype=x.dtype)
@@ -151,10 +149,7 @@ class DiffAugment(nn.Module):
         return (x + 1.0) * 0.5
 
     def extra_repr(self) -> str:
-        return (
-            f"policy={self.policy!r}, translation_ratio={self.translation_ratio}, "
-            f"cutout_ratio={self.cutout_ratio}"
-        )
+        return f"policy={self.policy!r}, translation_ratio={self.translation_ratio}, cutout_ratio={self.cutout_ratio}"
 
 
 def diff_augment(

@@ -49,9 +49,7 @@ class TokenGridHead(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int = 256, kernel_size: int = 3) -> None:
         super().__init__()
         self.proj = spectral_norm(nn.Conv2d(in_dim, hidden_dim, kernel_size=1))
-        self.mix = spectral_norm(
-            nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=kernel_size // 2)
-        )
+        self.mix = spectral_norm(nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=kernel_size // 2))
         self.out = spectral_norm(nn.Conv2d(hidden_dim, 1, kernel_size=1))
 
     def forward(self, tokens: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -105,9 +103,7 @@ class DinoFeatureDiscriminator(nn.Module):
         num_layers = int(config.num_hidden_layers)
         patch_size = int(config.patch_size)
         if input_size % patch_size != 0:
-            raise ValueError(
-                f"input_size {input_size} is not a multiple of the patch size {patch_size}"
-            )
+            raise ValueError(f"input_size {input_size} is not a multiple of the patch size {patch_size}")
         if hook_layers is None:
             hook_layers = _default_hook_layers(num_layers)
         hook_layers = list(hook_layers)
@@ -182,10 +178,7 @@ class DinoFeatureDiscriminator(nn.Module):
         return torch.cat(logits, dim=1)
 
     def extra_repr(self) -> str:
-        return (
-            f"backbone_path={self.backbone_path!r}, hook_layers={self.hook_layers}, "
-            f"input_size={self.input_size}"
-        )
+        return f"backbone_path={self.backbone_path!r}, hook_layers={self.hook_layers}, input_size={self.input_size}"
 
 
 class PatchDiscriminator(nn.Module):
@@ -223,9 +216,7 @@ class PatchDiscriminator(nn.Module):
         return self.net(images * 2.0 - 1.0).flatten(1)
 
 
-def build_discriminator(
-    kind: str, **kwargs: object
-) -> DinoFeatureDiscriminator | PatchDiscriminator:
+def build_discriminator(kind: str, **kwargs: object) -> DinoFeatureDiscriminator | PatchDiscriminator:
     """``kind="dino"`` -> :class:`DinoFeatureDiscriminator` (``backbone_path`` required),
     ``kind="patch"`` -> :class:`PatchDiscriminator`; ``kwargs`` go to the constructor."""
     kind = kind.lower()

@@ -129,8 +129,7 @@ def _load_vgg16_features(path: Path) -> dict[str, torch.Tensor]:
     missing = [k for k in wanted if k not in state]
     if missing:
         raise ValueError(
-            f"{path} is not a torchvision VGG16 state dict: missing {missing[:4]}"
-            f"{' ...' if len(missing) > 4 else ''}"
+            f"{path} is not a torchvision VGG16 state dict: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}"
         )
     return {k: state[k] for k in wanted}
 
@@ -222,8 +221,7 @@ def _placeholder_modules(names: dict[str, str]) -> Iterator[None]:
 def _import_stlpips() -> types.ModuleType:
     if importlib.util.find_spec("stlpips_pytorch") is None:
         raise ImportError(
-            "`perceptual: stlpips` needs the `stlpips-pytorch` package "
-            "(pip install stlpips-pytorch==0.0.2)"
+            "`perceptual: stlpips` needs the `stlpips-pytorch` package (pip install stlpips-pytorch==0.0.2)"
         )
     with _placeholder_modules(_STLPIPS_UNUSED_IMPORTS):
         from stlpips_pytorch import stlpips
@@ -244,9 +242,7 @@ class STLPIPSLoss(PerceptualLoss):
         # pretrained=False: we load the shipped file ourselves, strictly, instead of the
         # package's non-strict load. Building the shift-tolerant trunk never downloads.
         net = stlpips.LPIPS(net="vgg", variant="shift_tolerant", pretrained=False, verbose=False)
-        weights = importlib.resources.files("stlpips_pytorch").joinpath(
-            "weights", "vST0.0", "vgg_shift_tolerant.pth"
-        )
+        weights = importlib.resources.files("stlpips_pytorch").joinpath("weights", "vST0.0", "vgg_shift_tolerant.pth")
         with importlib.resources.as_file(weights) as path:
             state = torch.load(path, map_location="cpu", weights_only=True)
         result = net.load_state_dict(state, strict=False)
@@ -254,8 +250,7 @@ class STLPIPSLoss(PerceptualLoss):
         missing = [k for k in result.missing_keys if not k.startswith("lins.")]
         if missing or result.unexpected_keys:
             raise RuntimeError(
-                f"stlpips weights do not match the network: missing {missing}, "
-                f"unexpected {result.unexpected_keys}"
+                f"stlpips weights do not match the network: missing {missing}, unexpected {result.unexpected_keys}"
             )
         super().__init__(net)
 
@@ -263,9 +258,7 @@ class STLPIPSLoss(PerceptualLoss):
 # --------------------------------------------------------------------------------------------
 
 
-def build_perceptual_loss(
-    kind: str, weights_path: str | os.PathLike[str] | None = None
-) -> PerceptualLoss | None:
+def build_perceptual_loss(kind: str, weights_path: str | os.PathLike[str] | None = None) -> PerceptualLoss | None:
     """Build a frozen perceptual loss.
 
     Args:

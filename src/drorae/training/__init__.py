@@ -6,5 +6,18 @@ from .config import LossConfig, TrainConfig, load_config
 from .phases import PHASES, Phase, get_phase
 from .trainer import Trainer, build_model, prepare_for_phase, set_trainable
 
-__all__ = ["ConfigError", "LossConfig", "TrainConfig", "load_config", "PHASES", "Phase", "get_phase",
-           "NonFiniteLossError", "Trainer", "TrainResult", "build_model", "prepare_for_phase", "set_trainable"]
+__all__ = [
+    "ConfigError",
+    "LossConfig",
+    "TrainConfig",
+    "load_config",
+    "PHASES",
+    "Phase",
+    "get_phase",
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainResult",
+    "build_model",
+    "prepare_for_phase",
+    "set_trainable",
+]

@@ -65,17 +65,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: TrainConfig) -> None:
     """Checks that types alone do not express, each naming its key."""
     m = cfg.model
-    check(m.backbone.name_or_path is not None or m.backbone.random is not None, "model.backbone.name_or_path",
-          "set a backbone path / hub id (or model.backbone.random for smoke tests)")
+    check(
+        m.backbone.name_or_path is not None or m.backbone.random is not None,
+        "model.backbone.name_or_path",
+        "set a backbone path / hub id (or model.backbone.random for smoke tests)",
+    )
     # presets vs explicit sizes: contradictions fail now, not at phase 2
     apply_preset(replace(m.decoder), "model.decoder", DECODER_PRESETS)
     if m.fusion is not None:
         apply_preset(replace(m.fusion), "model.fusion", FUSION_PRESETS)
         check(0.0 <= m.fusion.beta <= 1.0, "model.fusion.beta", f"{m.fusion.beta} is not in [0, 1]")
     loss = cfg.loss
-    check(loss.perceptual in ("lpips", "stlpips", "none"), "loss.perceptual", f"{loss.perceptual!r} is not lpips, stlpips or none")
-    check(loss.discriminator in ("dino", "patch", "none"), "loss.discriminator",
-          f"{loss.discriminator!r} is not dino, patch or none")
+    check(
+        loss.perceptual in ("lpips", "stlpips", "none"),
+        "loss.perceptual",
+        f"{loss.perceptual!r} is not lpips, stlpips or none",
+    )
+    check(
+        loss.discriminator in ("dino", "patch", "none"),
+        "loss.discriminator",
+        f"{loss.discriminator!r} is not dino, patch or none",
+    )
     validate_run(cfg.optim, cfg.train)
-    check(cfg.data.image_size % m.decoder.patch_size == 0, "data.image_size",
-          f"{cfg.data.image_size} is not a multiple of the decoder patch {m.decoder.patch_size}")
+    check(
+        cfg.data.image_size % m.decoder.patch_size == 0,
+        "data.image_size",
+        f"{cfg.data.image_size} is not a multiple of the decoder patch {m.decoder.patch_size}",
+    )

@@ -23,13 +23,16 @@ class Phase:
         return f"phase {self.name}"
 
 
-PHASES: dict[str, Phase] = {p.name: p for p in (
-    Phase("1", ("decoder",), False, True, None, False, "decoder on z_base: plain RAE"),
-    Phase("2", ("fusion",), True, False, "1", True, "fusion only, beta fixed, decoder frozen"),
-    Phase("3", ("decoder",), True, True, "2", False, "decoder fine-tuned on the fused latent, fusion frozen"),
-    Phase("joint", ("fusion", "decoder"), True, True, None, True, "fusion and decoder together (ablation)"),
-    Phase("full", ("decoder", "backbone"), True, True, "2", False, "decoder and backbone (table 4, row 3)"),
-)}
+PHASES: dict[str, Phase] = {
+    p.name: p
+    for p in (
+        Phase("1", ("decoder",), False, True, None, False, "decoder on z_base: plain RAE"),
+        Phase("2", ("fusion",), True, False, "1", True, "fusion only, beta fixed, decoder frozen"),
+        Phase("3", ("decoder",), True, True, "2", False, "decoder fine-tuned on the fused latent, fusion frozen"),
+        Phase("joint", ("fusion", "decoder"), True, True, None, True, "fusion and decoder together (ablation)"),
+        Phase("full", ("decoder", "backbone"), True, True, "2", False, "decoder and backbone (table 4, row 3)"),
+    )
+}
 
 
 def get_phase(name: str) -> Phase:
@@ -40,10 +43,18 @@ def get_phase(name: str) -> Phase:
 
 def phase_table_markdown() -> str:
     """The README's phase table, generated from :data:`PHASES` (a test keeps the two equal)."""
-    rows = ["| phase | trains | fusion | decoder latent noise | starts from (`--init`) | what it is |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| phase | trains | fusion | decoder latent noise | starts from (`--init`) | what it is |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in PHASES.values():
-        start = f"phase-{p.needs_init} output" if p.needs_init else ("scratch or phase-1 output" if p.adds_fusion else "scratch")
-        rows.append(f"| `{p.name}` | {' + '.join(p.trains)} | {'on' if p.fusion_on else 'off'} | "
-                    f"{'yes' if p.decoder_noise else 'no'} | {start} | {p.description} |")
+        start = (
+            f"phase-{p.needs_init} output"
+            if p.needs_init
+            else ("scratch or phase-1 output" if p.adds_fusion else "scratch")
+        )
+        rows.append(
+            f"| `{p.name}` | {' + '.join(p.trains)} | {'on' if p.fusion_on else 'off'} | "
+            f"{'yes' if p.decoder_noise else 'no'} | {start} | {p.description} |"
+        )
     return "\n".join(rows)

@@ -40,8 +40,10 @@ def resolve_model_dir(path: str | Path) -> Path:
         return path / "model"
     if (path / "config.json").is_file():
         return path
-    raise FileNotFoundError(f"--init {path}: neither {path}/config.json nor {path}/model/config.json exists "
-                            "(pass the --out directory of the previous phase)")
+    raise FileNotFoundError(
+        f"--init {path}: neither {path}/config.json nor {path}/model/config.json exists "
+        "(pass the --out directory of the previous phase)"
+    )
 
 
 def build_model(cfg: TrainConfig, phase: str | Phase, init: str | Path | None) -> DRoRAE:
@@ -50,8 +52,10 @@ def build_model(cfg: TrainConfig, phase: str | Phase, init: str | Path | None) -
     if init is not None:
         return prepare_for_phase(DRoRAE.from_pretrained(resolve_model_dir(init)), cfg, phase)
     if phase.needs_init:
-        raise ValueError(f"phase {phase.name} starts from the previous phase's output: pass --init "
-                         f"(a phase-{phase.needs_init} --out directory)")
+        raise ValueError(
+            f"phase {phase.name} starts from the previous phase's output: pass --init "
+            f"(a phase-{phase.needs_init} --out directory)"
+        )
     torch.manual_seed(cfg.train.seed)
     # The fusion module is added by the phases that train it (prepare_for_phase), not here.
     return prepare_for_phase(DRoRAE.from_config(replace(cfg.model, fusion=None)), cfg, phase)
@@ -65,14 +69,18 @@ def prepare_for_phase(model: DRoRAE, cfg: TrainConfig, phase: Phase) -> DRoRAE:
         torch.manual_seed(cfg.train.seed + 1)
         model.add_fusion(fusion_for_backbone(cfg.model.fusion, model.backbone))
     if phase.fusion_on and model.fusion is None:
-        raise ValueError(f"phase {phase.name} fine-tunes the decoder on the fused latent, but the --init model has "
-                         "no fusion module: pass a phase-2 output")
+        raise ValueError(
+            f"phase {phase.name} fine-tunes the decoder on the fused latent, but the --init model has "
+            "no fusion module: pass a phase-2 output"
+        )
     model.fusion_enabled = phase.fusion_on
     expected = model.decoder.config.image_size
     if cfg.data.image_size != expected:
         d = model.decoder.config
-        raise ValueError(f"data.image_size={cfg.data.image_size} but the decoder outputs {expected}px ({d.grid_size}x"
-                         f"{d.grid_size} tokens x patch {d.patch_size}); set data.image_size={expected}")
+        raise ValueError(
+            f"data.image_size={cfg.data.image_size} but the decoder outputs {expected}px ({d.grid_size}x"
+            f"{d.grid_size} tokens x patch {d.patch_size}); set data.image_size={expected}"
+        )
     return model
 
 
@@ -120,16 +128,31 @@ class Trainer(BaseTrainer):
     """Runs one phase. ``dataset`` may replace the image folder (e.g. the demo's random crops) and
     ``model`` an in-memory model (benchmarks); otherwise the model comes from ``init`` or the config."""
 
-    def __init__(self, cfg: TrainConfig, phase: str, out_dir: str | Path, *, data_dir: str | Path | None = None,
-                 init: str | Path | None = None, resume: bool = False, dataset: Any = None,
-                 progress: bool | None = None, model: DRoRAE | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        phase: str,
+        out_dir: str | Path,
+        *,
+        data_dir: str | Path | None = None,
+        init: str | Path | None = None,
+        resume: bool = False,
+        dataset: Any = None,
+        progress: bool | None = None,
+        model: DRoRAE | None = None,
+    ):
         self.phase_spec = get_phase(phase)
         self.phase = self.phase_spec.name
-        super().__init__(cfg, cfg.train, cfg.optim, cfg.data, out_dir, name=self.phase_spec.label, resume=resume,
-                         progress=progress)
+        super().__init__(
+            cfg, cfg.train, cfg.optim, cfg.data, out_dir, name=self.phase_spec.label, resume=resume, progress=progress
+        )
         self.cfg = cfg
         # -- model and trainable groups
-        model = prepare_for_phase(model, cfg, self.phase_spec) if model is not None else build_model(cfg, self.phase_spec, init)
+        model = (
+            prepare_for_phase(model, cfg, self.phase_spec)
+            if model is not None
+            else build_model(cfg, self.phase_spec, init)
+        )
         self.model = model.to(self.device)
         self.groups = set_trainable(self.model, self.phase_spec)
         self.noise_tau = cfg.model.noise_tau if self.phase_spec.decoder_noise else 0.0
@@ -139,20 +162,27 @@ class Trainer(BaseTrainer):
         self.disc = self.loss_fn.discriminator
         self.disc_params = [p for p in self.disc.parameters() if p.requires_grad] if self.disc is not None else []
         self._init_discriminator(init)
-        self.disc_opt = (torch.optim.AdamW(self.disc_params, lr=cfg.loss.disc_lr, betas=tuple(cfg.optim.betas))
-                         if self.disc_params else None)
+        self.disc_opt = (
+            torch.optim.AdamW(self.disc_params, lr=cfg.loss.disc_lr, betas=tuple(cfg.optim.betas))
+            if self.disc_params
+            else None
+        )
         if cfg.train.compile:
             self.model.decoder.compile()
             if self.model.fusion is not None:
                 self.model.fusion.compile()
         # -- data parallelism: the unfrozen backbone of phase "full" has parameters without
         # gradients (its affine final LayerNorm, the mask token), which DDP must be told about.
-        self.parallel_model = self.dist.wrap(TrainedGroups(self.model, self.phase_spec.trains),
-                                             find_unused_parameters="backbone" in self.phase_spec.trains)
+        self.parallel_model = self.dist.wrap(
+            TrainedGroups(self.model, self.phase_spec.trains),
+            find_unused_parameters="backbone" in self.phase_spec.trains,
+        )
         self.parallel_disc = self.dist.wrap(DiscriminatorStep(self.loss_fn)) if self.disc_params else None
         # -- data, optimizers, EMA, resume
         if dataset is None:
-            dataset = ImageFolderDataset(data_dir, cfg.data.image_size, random_flip=cfg.data.random_flip, seed=cfg.train.seed)
+            dataset = ImageFolderDataset(
+                data_dir, cfg.data.image_size, random_flip=cfg.data.random_flip, seed=cfg.train.seed
+            )
         self.setup(trained, dataset, extra_optimizers={"disc_opt": self.disc_opt} if self.disc_opt else None)
 
     # -- losses -------------------------------------------------------------------------------
@@ -167,16 +197,25 @@ class Trainer(BaseTrainer):
         if c.discriminator != "none" and c.gan_weight > 0:
             if c.discriminator == "dino":
                 if not c.disc_backbone:
-                    raise ValueError("loss.discriminator=dino needs loss.disc_backbone (a local DINO ViT directory); "
-                                     "or use loss.discriminator=patch")
+                    raise ValueError(
+                        "loss.discriminator=dino needs loss.disc_backbone (a local DINO ViT directory); "
+                        "or use loss.discriminator=patch"
+                    )
                 disc = build_discriminator("dino", backbone_path=c.disc_backbone)
             else:
                 disc = build_discriminator("patch", base_channels=c.disc_channels)
         return ReconstructionLoss(
-            l1_weight=c.l1_weight, mse_weight=c.mse_weight, perceptual=perceptual, perceptual_weight=c.perceptual_weight,
-            gan_weight=c.gan_weight, discriminator=disc, diffaug_policy=c.diffaug_policy,
-            disc_start=c.disc_start_step, disc_update_start=c.disc_update_start_step,
-            max_adaptive_weight=c.max_adaptive_weight)
+            l1_weight=c.l1_weight,
+            mse_weight=c.mse_weight,
+            perceptual=perceptual,
+            perceptual_weight=c.perceptual_weight,
+            gan_weight=c.gan_weight,
+            discriminator=disc,
+            diffaug_policy=c.diffaug_policy,
+            disc_start=c.disc_start_step,
+            disc_update_start=c.disc_update_start_step,
+            max_adaptive_weight=c.max_adaptive_weight,
+        )
 
     def _disc_state(self) -> dict[str, Tensor]:
         """The discriminator's trained state (heads, spectral-norm buffers), not its frozen feature network."""
@@ -256,11 +295,17 @@ class Trainer(BaseTrainer):
         g = self.groups
         lines = [f"phase {self.phase}: trainable parameter groups"]
         for name in GROUPS:
-            lines.append(f"  {name:<9} {g[name]:>13,} parameters  {'trainable' if g[name + '_trainable'] else 'frozen'}")
-        lines.append(f"  total trainable {sum(p.numel() for _, p in self.trained):,}; decoder noise_tau={self.noise_tau}; "
-                     f"precision={'bf16' if self.bf16 else 'fp32'}; world_size={self.world}")
+            lines.append(
+                f"  {name:<9} {g[name]:>13,} parameters  {'trainable' if g[name + '_trainable'] else 'frozen'}"
+            )
+        lines.append(
+            f"  total trainable {sum(p.numel() for _, p in self.trained):,}; decoder noise_tau={self.noise_tau}; "
+            f"precision={'bf16' if self.bf16 else 'fp32'}; world_size={self.world}"
+        )
         if self.disc is not None:
-            lines.append(f"  discriminator {type(self.disc).__name__}: {sum(p.numel() for p in self.disc_params):,} trainable")
+            lines.append(
+                f"  discriminator {type(self.disc).__name__}: {sum(p.numel() for p in self.disc_params):,} trainable"
+            )
         print("\n".join(lines), flush=True)
         (self.out / "trainable_groups.json").write_text(json.dumps(self.groups, indent=2))
 
@@ -278,8 +323,12 @@ class Trainer(BaseTrainer):
             raw = [p.detach().clone() for _, p in self.trained]
             self.ema.copy_to_params()
             self.model.save_pretrained(model_dir, save_backbone=True)
-            (model_dir / "training.json").write_text(json.dumps(
-                {"phase": self.phase, "steps": self.step, "weights": "ema", "ema_decay": self.optim.ema_decay}, indent=2))
+            (model_dir / "training.json").write_text(
+                json.dumps(
+                    {"phase": self.phase, "steps": self.step, "weights": "ema", "ema_decay": self.optim.ema_decay},
+                    indent=2,
+                )
+            )
             with torch.no_grad():
                 for (_, p), r in zip(self.trained, raw):
                     p.copy_(r)
