@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -48,3 +49,26 @@ def wait_for_checkpoint(root: Path, step: int, timeout: float = 120) -> None:
             return
         time.sleep(0.01)
     raise TimeoutError(f"no checkpoint at step >= {step} under {root} after {timeout} s")
+
+
+def env() -> dict:
+    """The environment of a training subprocess: one thread, this checkout's sources."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+
+
+def train_args(phase: str, image_dir: Path, out: Path, *extra: str) -> list[str]:
+    """``-m drorae.cli train ...`` on the tiny config (prefix with the python or torchrun command)."""
+    return [
+        "-m",
+        "drorae.cli",
+        "train",
+        "--config",
+        str(CPU_TINY),
+        "--phase",
+        phase,
+        "--data",
+        str(image_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]

@@ -13,28 +13,7 @@ from safetensors.torch import load_file
 
 from drorae.engine import checkpoint as ckpt
 
-from .conftest import CPU_TINY, REPO, wait_for_checkpoint
-
-
-def env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-
-
-def train_args(phase: str, image_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "-m",
-        "drorae.cli",
-        "train",
-        "--config",
-        str(CPU_TINY),
-        "--phase",
-        phase,
-        "--data",
-        str(image_dir),
-        "--out",
-        str(out),
-        *extra,
-    ]
+from .conftest import env, train_args, wait_for_checkpoint
 
 
 def torchrun(nproc: int, *launcher: str) -> list[str]:

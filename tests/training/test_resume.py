@@ -1,6 +1,5 @@
 """Exact resume after SIGKILL, atomic checkpoints, NaN stop."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,36 +11,14 @@ from safetensors.torch import load_file
 from drorae.engine import checkpoint as ckpt
 from drorae.training import NonFiniteLossError, Trainer, load_config
 
-from .conftest import CPU_TINY, REPO, wait_for_checkpoint
+from .conftest import CPU_TINY, env, train_args, wait_for_checkpoint
 
 STEPS = 24
 ARGS = [f"train.max_steps={STEPS}", "train.log_every=1", "data.num_workers=1"]
 
 
 def train_cmd(image_dir, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "drorae.cli",
-        "train",
-        "--config",
-        str(CPU_TINY),
-        "--phase",
-        "1",
-        "--data",
-        str(image_dir),
-        "--out",
-        str(out),
-        "--checkpoint-every",
-        "2",
-        *extra,
-        *ARGS,
-    ]
-
-
-def env():
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-    return e
+    return [sys.executable, *train_args("1", image_dir, out, "--checkpoint-every", "2", *extra, *ARGS)]
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(image_dir, tmp_path):

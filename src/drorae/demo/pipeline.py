@@ -152,7 +152,7 @@ def run_demo(
 
     # 2. layer probe ---------------------------------------------------------------------------
     t = stage("layer probe: ridge from each block's tokens to its patch pixels (held-out PSNR)")
-    from ..analysis import plot_layer_probe, plot_router_weights, probe_backbone, router_weight_maps
+    from ..analysis import probe_backbone
     from ..backbones import load_backbone
 
     backbone = load_backbone(str(backbone_dir), input_size=plan.crop)
@@ -199,17 +199,7 @@ def run_demo(
         "phase2_last_layer": out / "phase2_last_layer" / "model",
     }
     results = evaluate_models({row: model_dirs[row] for row in ROWS}, eval_images, backbone)
-    figures = write_figures(
-        out,
-        eval_images,
-        model_dirs,
-        probe_curve,
-        histories,
-        plot_layer_probe,
-        plot_router_weights,
-        router_weight_maps,
-        backbone,
-    )
+    figures = write_figures(out, eval_images, model_dirs, probe_curve, histories, backbone)
     seconds["eval"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
 
@@ -340,18 +330,10 @@ def render_markdown(report: dict) -> str:
     return "\n".join(parts)
 
 
-def write_figures(
-    out: Path,
-    eval_images,
-    model_dirs,
-    probe_curve,
-    histories,
-    plot_layer_probe,
-    plot_router_weights,
-    router_weight_maps,
-    backbone,
-) -> dict[str, str]:
+def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, backbone) -> dict[str, str]:
     import matplotlib
+
+    from ..analysis import plot_layer_probe, plot_router_weights, router_weight_maps
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
