@@ -223,7 +223,9 @@ class BaseTrainer:
             images_since_log += sum(m.shape[0] for m in micro)
             is_log = self.step % loop.log_every == 0 or self.step == stop_at
             is_ckpt = self.step % every == 0 or self.step == stop_at
-            if (is_log or is_ckpt) and bool(nonfinite):  # the only sync: at log / checkpoint steps
+            # The only sync, at log / checkpoint steps; every rank stops together (one rank's NaN
+            # must not leave the others waiting in the next collective).
+            if (is_log or is_ckpt) and any(self.dist.gather(bool(nonfinite))):
                 good = ckpt.latest_checkpoint(self.ckpt_dir)
                 raise NonFiniteLossError(
                     f"{self.name}: the loss became NaN/inf at or before step {self.step}; stopping. The last good "
