@@ -45,7 +45,7 @@ def test_fusion_flops_toy_by_hand(bench):
 
 
 def test_design_md_section6_arithmetic(bench):
-    # DESIGN.md section 6: DINOv2-B ~47 GFLOP/img at 224; fusion h=3072 ~29 GFLOP (~62%), h=1536 ~31%.
+    # Expected costs: DINOv2-B ~47 GFLOP/img at 224; fusion h=3072 ~29 GFLOP (~62%), h=1536 ~31%.
     enc = bench.encoder_flops(768, 12, num_patches=256, prefix_tokens=5, patch=14)["total"]
     assert enc / 1e9 == pytest.approx(47.08, abs=0.01)
     for h, gflop, ratio in ((3072, 29.05, 0.617), (1536, 14.55, 0.309)):

@@ -3,7 +3,7 @@
 The layer probe measures how much pixel detail each encoder layer still carries: a ridge
 regression from each token to the pixels of its own patch is fitted on training images and
 evaluated (PSNR, dB) on held-out images. Deep layers of a semantically pretrained ViT lose
-detail (DESIGN.md section 8), which is the motivation for fusing all layers.
+detail (the paper's figure 1), which is the motivation for fusing all layers.
 
 Everything here runs in float64 on the device of the inputs: the probe solves ``C x C``
 normal equations, which are ill-conditioned in float32 for LayerNorm'ed tokens.

@@ -1,4 +1,4 @@
-"""A small ViT backbone pretrained offline, for the demo (DESIGN.md section 8).
+"""A small ViT backbone pretrained offline, for the demo.
 
 DRoRAE's premise is that the LAST layer of a semantically pretrained ViT has lost pixel
 detail that shallower layers still hold. No pretrained weights can be downloaded offline, and

@@ -91,7 +91,7 @@ PHOTO_SOURCES: dict[str, PhotoSource] = {
 
 #: All sample photo names, in a fixed order.
 PHOTO_NAMES: tuple[str, ...] = tuple(PHOTO_SOURCES)
-#: Photos kept out of training (DESIGN.md section 8): two colour, one grayscale texture.
+#: Photos kept out of training: two colour, one grayscale texture.
 HELDOUT_PHOTOS: tuple[str, ...] = ("coffee", "rocket", "brick")
 #: Everything else trains. The two stereo views are near-duplicates and share this split.
 TRAIN_PHOTOS: tuple[str, ...] = tuple(n for n in PHOTO_NAMES if n not in HELDOUT_PHOTOS)
