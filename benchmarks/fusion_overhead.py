@@ -10,12 +10,13 @@ iterations after ``--warmup``, with ``torch.cuda.synchronize`` around every iter
   fusion fwd+bwd      fusion forward + backward alone on cached hidden states, i.e. what a
                       phase-2 step pays per batch besides the encoder (no optimizer step)
 
-and puts next to the measured times the analytic FLOP counts (``encoder_flops``,
-``fusion_flops``), so the measured overhead ratio can be compared with the FLOP ratio of
-the paper's setup (fusion ~31% / ~62% of a DINOv2-B encoder for h = 1536 / 3072). Peak memory
-per stage is the increase over what was already held when the stage started (weights, inputs,
-cached hidden states): ``torch.cuda.max_memory_allocated`` on GPU; on CPU the process's peak
-resident set (Linux VmHWM, reset through /proc/self/clear_refs after a malloc_trim), else ``resource`` ru_maxrss, which cannot be reset and is a lower bound.
+and puts next to the measured times the analytic FLOP counts (``encoder_flops``, ``fusion_flops``),
+so the measured overhead ratio can be compared with the FLOP ratio of the paper's setup (fusion ~31%
+/ ~62% of a DINOv2-B encoder for h = 1536 / 3072). Peak memory per stage is the increase over what
+was already held when the stage started (weights, inputs, cached hidden states):
+``torch.cuda.max_memory_allocated`` on GPU; on CPU the process's peak resident set (Linux VmHWM,
+reset through /proc/self/clear_refs after a malloc_trim), else ``resource`` ru_maxrss, which cannot
+be reset and is a lower bound.
 
 The default backbone is a RANDOM-weight Dinov2WithRegisters with DINOv2-B shapes (hidden 768,
 12 blocks, 12 heads, patch 14, input 224, 4 registers): nothing is downloaded, and the speed
