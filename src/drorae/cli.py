@@ -158,6 +158,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+
+    report = analyze(args.model, args.images, args.out, device=args.device)
+    mad = report["spectral_mad"]
+    print(
+        f"analysed {len(report['images'])} images -> {args.out}/analysis.json and figures; spectral MAD "
+        f"RAE {mad['rae']['mean']:.4f}, DRoRAE {mad['drorae']['mean']:.4f}"
+    )
+    for path in report["skipped"]:
+        print(f"skipped {path}: not a readable image", file=sys.stderr)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -275,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard (default 1000)")
     p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "analyze",
+        help="spectra, router weight maps and latent statistics of fusion off vs on (paper 4.6, appendix E)",
+    )
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", required=True, help="DRoRAE directory with a fusion module")
+    p.add_argument("--out", required=True, help="output directory (analysis.json and PNGs)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser(
         "demo",
