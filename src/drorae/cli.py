@@ -187,6 +187,14 @@ def _cmd_data_sample(args: argparse.Namespace) -> int:
         f"wrote {counts['train']} train and {counts['heldout']} held-out photos "
         f"to {args.dir}/train and {args.dir}/heldout"
     )
+    if args.eval_crops:
+        from .demo import write_eval_crops
+
+        write_eval_crops(Path(args.dir) / "heldout-crops", args.crop_size, args.eval_crops)
+        print(
+            f"wrote {args.eval_crops} fixed {args.crop_size} px crops of the held-out photos "
+            f"to {args.dir}/heldout-crops"
+        )
     return 0
 
 
@@ -316,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("sample", help="write the offline sample photos (train/ and heldout/) as an image folder")
     q.add_argument("dir", help="output directory")
     q.add_argument("--max-size", type=int, help="downscale so the shorter side is at most this (default: full size)")
+    q.add_argument("--eval-crops", type=int, help="also write N fixed crops of the held-out photos to heldout-crops/")
+    q.add_argument("--crop-size", type=int, default=64, help="size of those crops (default 64, the demo's)")
     q.set_defaults(func=_cmd_data_sample)
 
     return parser
