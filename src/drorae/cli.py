@@ -172,6 +172,50 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_settings(args: argparse.Namespace):
+    from .sweeps import SweepSettings
+
+    return SweepSettings(
+        config=args.config,
+        init=args.init,
+        data=args.data,
+        eval_data=args.eval_data,
+        out=args.out,
+        overrides=tuple(args.overrides),
+        metric=args.metric,
+        eval_num=args.eval_num,
+    )
+
+
+def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training YAML with the phase-2 settings")
+    p.add_argument("--init", required=True, help="the phase-1 run (or model) directory every point starts from")
+    p.add_argument("--data", required=True, help="training image folder")
+    p.add_argument("--eval-data", required=True, help="evaluation image folder (e.g. ImageNet val, or held-out crops)")
+    p.add_argument("--out", required=True, help="sweep directory (points/ make it resumable)")
+    p.add_argument(
+        "--metric",
+        choices=["auto", "rfid", "psnr"],
+        default="auto",
+        help="auto: rFID when the Inception weights exist, else held-out PSNR",
+    )
+    p.add_argument("--eval-num", type=int, help="evaluate the first N images")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every point")
+
+
+def _cmd_scaling(args: argparse.Namespace) -> int:
+    from .sweeps import parse_int_list, run_scaling
+
+    report = run_scaling(_sweep_settings(args), parse_int_list(args.expert_hidden), parse_int_list(args.layers))
+    for name, fits in report["fits"].items():
+        for key, fit in ({"all points": fits} if name == "joint" else fits).items():
+            print(
+                f"{name} {key}: {report['metric']} = {fit['a']:.4g} log10(params) + {fit['b']:.4g}, R^2 {fit['r2']:.3f}"
+            )
+    print(f"wrote {args.out}/scaling.json and {args.out}/{report['figure']}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -307,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (analysis.json and PNGs)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser(
+        "scaling",
+        help="the scaling study (appendix C): phase 2 per (expert width, fused layers) point, log-linear fits",
+    )
+    _add_sweep_arguments(p)
+    p.add_argument("--expert-hidden", required=True, help="expert widths, e.g. 128,512,1536")
+    p.add_argument("--layers", required=True, help="numbers of fused layers (the deepest N), e.g. 2,4,8,12")
+    p.set_defaults(func=_cmd_scaling)
 
     p = sub.add_parser(
         "demo",

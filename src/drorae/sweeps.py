@@ -1,0 +1,243 @@
+"""Sweeps under the phase-2 protocol: the scaling study (paper section 4.5, appendix C) and the ablations (tables 3-4).
+
+Every point of a sweep trains phase 2 (or the joint ablation) from the same phase-1 decoder with one set of config
+overrides, in its own run directory under ``<out>/points/``, then evaluates it on an image folder with
+:func:`drorae.evaluation.evaluate`. A finished point (its ``point.json``) is skipped when the sweep runs again, and
+an unfinished one resumes from its checkpoint, so a sweep survives being killed.
+
+The metric is rFID when the Inception weights are available, else held-out PSNR, and it is named as such.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .fusion import paper_param_count
+
+POINT_FILE = "point.json"
+
+
+@dataclass
+class SweepSettings:
+    """What every point of a sweep shares."""
+
+    config: str | Path  # training YAML (phase-2 settings)
+    init: str | Path  # the phase-1 run (or model) directory every point starts from
+    data: str | Path  # training image folder
+    eval_data: str | Path  # evaluation image folder
+    out: str | Path
+    overrides: tuple[str, ...] = ()  # applied to every point, before the point's own
+    metric: str = "auto"  # auto (rfid if the Inception weights exist, else psnr) | rfid | psnr
+    eval_num: int | None = None
+    eval_batch: int = 32
+
+
+def run_point(settings: SweepSettings, name: str, overrides: list[str], phase: str = "2") -> dict[str, Any]:
+    """Train one point (or reuse it) and evaluate it; returns its ``point.json`` record."""
+    from .evaluation import evaluate
+    from .training import Trainer, load_config
+
+    run = Path(settings.out) / "points" / name
+    record_path = run / POINT_FILE
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    cfg = load_config(settings.config, [*settings.overrides, *overrides])
+    trainer = Trainer(cfg, phase, run, data_dir=settings.data, init=settings.init, resume=True, progress=False)
+    result = trainer.run()
+    fusion = trainer.model.fusion
+    rfid = settings.metric in ("auto", "rfid")
+    report = evaluate(
+        result.model_dir,
+        settings.eval_data,
+        run / "eval",
+        num=settings.eval_num,
+        batch_size=settings.eval_batch,
+        rfid=rfid,
+        stlpips=False,
+        num_workers=0,
+        progress=False,
+    )
+    metric_name = "rfid" if report["metrics"]["rfid"] is not None else "psnr"
+    if settings.metric == "rfid" and metric_name != "rfid":
+        raise FileNotFoundError(f"metric=rfid but no Inception weights: {report['notes'].get('rfid')}")
+    record = {
+        "name": name,
+        "phase": phase,
+        "overrides": overrides,
+        "metric_name": metric_name,
+        "metric": report["metrics"][metric_name],
+        "metrics": report["metrics"],
+        "num_images": report["num_images"],
+        "fusion_params": sum(p.numel() for p in fusion.parameters()),
+        "expert_hidden": fusion.expert_hidden,
+        "num_fused_layers": len(fusion.layers),
+        "dim": fusion.dim,
+        "steps": result.steps,
+        "latent_shift_fd": latent_shift(result.model_dir, settings.eval_data, settings.eval_num),
+    }
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+@torch.no_grad()
+def latent_shift(model_dir: str | Path, eval_data: str | Path, num: int | None = None, batch_size: int = 32) -> float:
+    """Fréchet distance between the token distributions of ``z_final`` and ``z_base`` on ``eval_data``: how far
+    fusion moves the latent a diffusion model would have to learn (a cheap stand-in for "DiT loss at epoch 12")."""
+    from .evaluation import EvalImages
+    from .metrics import FeatureStats, frechet_distance
+    from .tokenizer import DRoRAE
+
+    model = DRoRAE.from_pretrained(model_dir).eval()
+    data = EvalImages(eval_data, model.decoder.config.image_size, num)
+    base, final = FeatureStats(), FeatureStats()
+    for start in range(0, len(data), batch_size):
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+        images = [it["image"] for it in items if it["image"] is not None]
+        if not images:
+            continue
+        z_final, z_base, _ = model.encode_tokens(torch.stack(images).float() / 255)
+        base.update(z_base.flatten(0, 1))
+        final.update(z_final.flatten(0, 1))
+    return frechet_distance(base.mean, base.covariance, final.mean, final.covariance)
+
+
+# -- scaling (appendix C) -------------------------------------------------------------------------------------
+
+
+def fit_log_linear(params: list[float], metric: list[float]) -> dict[str, float]:
+    """Least-squares ``metric = a * log10(params) + b`` and its R^2."""
+    if len(params) < 2 or len(set(params)) < 2:
+        raise ValueError(f"a fit needs at least 2 distinct parameter counts, got {params}")
+    x, y = np.log10(np.asarray(params, dtype=np.float64)), np.asarray(metric, dtype=np.float64)
+    a, b = np.polyfit(x, y, 1)
+    residual = float(((y - (a * x + b)) ** 2).sum())
+    total = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - residual / total if total > 0 else 1.0
+    return {"a": float(a), "b": float(b), "r2": r2, "points": len(params)}
+
+
+def expected_fusion_params(dim: int, num_layers: int, expert_hidden: int) -> int:
+    """Appendix C's count plus what its formula leaves out of our expert: the LayerNorm's affine weight and the
+    second layer's bias are ``h + C`` more per expert than the formula's ``2 h`` (it counts ``h`` for each bias)."""
+    return paper_param_count(dim, num_layers, expert_hidden) + num_layers * (expert_hidden + dim)
+
+
+def run_scaling(settings: SweepSettings, expert_hidden: list[int], layers: list[int]) -> dict[str, Any]:
+    """Every (h, N) point of the grid (N = the deepest N blocks), the fits per axis and jointly, and the figure."""
+    total_blocks = _backbone_blocks(settings.init)
+    points = []
+    for n in layers:
+        if not 1 <= n <= total_blocks:
+            raise ValueError(f"--layers {n} is not in 1..{total_blocks} (the backbone's blocks)")
+        fused = list(range(total_blocks - n + 1, total_blocks + 1))
+        for h in expert_hidden:
+            overrides = [
+                "model.fusion.preset=null",
+                f"model.fusion.expert_hidden={h}",
+                f"model.fusion.layers=[{','.join(map(str, fused))}]",
+            ]
+            record = run_point(settings, f"h{h}_n{n}", overrides)
+            expected = expected_fusion_params(record["dim"], n, h)
+            if record["fusion_params"] != expected:
+                raise AssertionError(
+                    f"point h={h}, N={n}: the model has {record['fusion_params']} fusion parameters, "
+                    f"appendix C's formula (+ LN affine and second bias) gives {expected}"
+                )
+            record["paper_formula_params"] = paper_param_count(record["dim"], n, h)
+            points.append(record)
+    metric_name = points[0]["metric_name"]
+    fits: dict[str, Any] = {"expert_axis": {}, "layer_axis": {}}
+    for n in layers:
+        row = [p for p in points if p["num_fused_layers"] == n]
+        if len({p["expert_hidden"] for p in row}) >= 2:
+            fits["expert_axis"][f"N={n}"] = fit_log_linear(
+                [p["fusion_params"] for p in row], [p["metric"] for p in row]
+            )
+    for h in expert_hidden:
+        col = [p for p in points if p["expert_hidden"] == h]
+        if len({p["num_fused_layers"] for p in col}) >= 2:
+            fits["layer_axis"][f"h={h}"] = fit_log_linear([p["fusion_params"] for p in col], [p["metric"] for p in col])
+    if len({p["fusion_params"] for p in points}) >= 2:
+        fits["joint"] = fit_log_linear([p["fusion_params"] for p in points], [p["metric"] for p in points])
+    report = {"metric": metric_name, "points": points, "fits": fits, "expert_hidden": expert_hidden, "layers": layers}
+    out = Path(settings.out)
+    report["figure"] = plot_scaling(report, out / "scaling.png").name
+    (out / "scaling.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _backbone_blocks(init: str | Path) -> int:
+    """L, the block count of the backbone the sweep's phase-1 model was trained on."""
+    from .tokenizer import upgrade_legacy_config
+    from .training.trainer import resolve_model_dir
+
+    config = json.loads((resolve_model_dir(init) / "config.json").read_text())
+    return int(upgrade_legacy_config(config)["backbone"]["num_layers"])
+
+
+def plot_scaling(report: dict[str, Any], path: Path) -> Path:
+    """The paper's figure-5 panels: the metric against fusion parameters (log axis), per expert width and per
+    layer count, each series with its log-linear fit."""
+    from .analysis.figures import _new_figure, _save
+
+    points, metric = report["points"], report["metric"]
+    fig = _new_figure((10.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, fixed, label in (
+        (axes[0], "num_fused_layers", "expert_axis", "N"),
+        (axes[1], "expert_hidden", "layer_axis", "h"),
+    ):
+        for value in sorted({p[key] for p in points}):
+            series = sorted((p for p in points if p[key] == value), key=lambda p: p["fusion_params"])
+            xs, ys = [p["fusion_params"] for p in series], [p["metric"] for p in series]
+            line = ax.plot(xs, ys, "o", label=f"{label}={value}")[0]
+            fit = report["fits"][fixed].get(f"{label}={value}")
+            if fit is not None:
+                grid = np.geomspace(min(xs), max(xs), 50)
+                ax.plot(
+                    grid,
+                    fit["a"] * np.log10(grid) + fit["b"],
+                    "-",
+                    color=line.get_color(),
+                    label=f"fit R^2={fit['r2']:.2f}",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("fusion parameters")
+        ax.set_ylabel(metric + (" (held-out, dB)" if metric == "psnr" else ""))
+        ax.set_title("expert width varies" if label == "N" else "fused layers vary", fontsize=10)
+        ax.legend(fontsize=7)
+    joint = report["fits"].get("joint")
+    if joint:
+        fig.suptitle(f"{metric} = {joint['a']:.3g} log10(params) + {joint['b']:.3g}, joint R^2 = {joint['r2']:.2f}")
+    return _save(fig, path)
+
+
+def parse_int_list(text: str) -> list[int]:
+    """``"128,512"`` -> ``[128, 512]``, naming the bad entry."""
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ValueError(f"{item!r} in {text!r} is not an integer") from None
+    if not out or any(v <= 0 for v in out):
+        raise ValueError(f"{text!r} must list positive integers")
+    return out
+
+
+__all__ = [
+    "SweepSettings",
+    "run_point",
+    "latent_shift",
+    "fit_log_linear",
+    "expected_fusion_params",
+    "run_scaling",
+    "plot_scaling",
+    "parse_int_list",
+]

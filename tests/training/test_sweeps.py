@@ -1,0 +1,55 @@
+"""Phase-2 sweeps: the scaling study's fits, parameter counts, and a resumable 2 x 2 run."""
+
+import json
+
+import pytest
+import torch
+
+from drorae.fusion import DepthRoutedFusion, FusionConfig
+from drorae.sweeps import expected_fusion_params, fit_log_linear, parse_int_list
+
+from .conftest import CPU_TINY
+
+
+def test_the_fit_recovers_a_line_exactly_and_scores_noise_lower():
+    params = [1e5, 4e5, 2e6, 9e6]
+    fit = fit_log_linear(params, [-2.5 * torch.log10(torch.tensor(p)).item() + 40.0 for p in params])
+    assert fit["a"] == pytest.approx(-2.5) and fit["b"] == pytest.approx(40.0) and fit["r2"] == pytest.approx(1.0)
+    noisy = fit_log_linear(params, [25.0, 23.0, 24.5, 21.0])
+    assert 0 < noisy["r2"] < 1 and noisy["a"] < 0
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        fit_log_linear([1e5, 1e5], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("dim,layers,hidden", [(64, 4, 32), (768, 12, 1536), (128, 3, 384)])
+def test_fusion_parameters_match_appendix_c_plus_the_named_extras(dim, layers, hidden):
+    with torch.device("meta"):
+        f = DepthRoutedFusion(FusionConfig(num_layers=layers, dim=dim, expert_hidden=hidden))
+    assert sum(p.numel() for p in f.parameters()) == expected_fusion_params(dim, layers, hidden)
+
+
+def test_parse_int_list_names_the_bad_entry():
+    assert parse_int_list("128,512") == [128, 512]
+    with pytest.raises(ValueError, match="'x' in '128,x'"):
+        parse_int_list("128,x")
+
+
+def test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points(phase1_run, image_dir, tmp_path):
+    from drorae.cli import main
+
+    args = ["scaling", "--config", str(CPU_TINY), "--init", str(phase1_run), "--data", str(image_dir),
+            "--eval-data", str(image_dir), "--out", str(tmp_path / "s"), "--metric", "psnr",
+            "--expert-hidden", "8,32", "--layers", "2,4", "train.max_steps=2", "loss.discriminator=none"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "s" / "scaling.json").read_text())
+    assert report["metric"] == "psnr" and len(report["points"]) == 4
+    assert set(report["fits"]["expert_axis"]) == {"N=2", "N=4"} and set(report["fits"]["layer_axis"]) == {"h=8", "h=32"}
+    assert 0 <= report["fits"]["joint"]["r2"] <= 1
+    by_name = {p["name"]: p for p in report["points"]}
+    assert by_name["h32_n2"]["fusion_params"] == expected_fusion_params(64, 2, 32)
+    assert by_name["h8_n4"]["num_fused_layers"] == 4 and by_name["h8_n4"]["latent_shift_fd"] > 0
+    assert (tmp_path / "s" / "scaling.png").read_bytes().startswith(b"\x89PNG")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "points").glob("*/point.json")}
+    assert main(args) == 0  # everything finished: nothing is trained again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((tmp_path / "s" / "scaling.json").read_text())["points"] == report["points"]
