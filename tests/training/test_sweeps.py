@@ -37,9 +37,27 @@ def test_parse_int_list_names_the_bad_entry():
 def test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points(phase1_run, image_dir, tmp_path):
     from drorae.cli import main
 
-    args = ["scaling", "--config", str(CPU_TINY), "--init", str(phase1_run), "--data", str(image_dir),
-            "--eval-data", str(image_dir), "--out", str(tmp_path / "s"), "--metric", "psnr",
-            "--expert-hidden", "8,32", "--layers", "2,4", "train.max_steps=2", "loss.discriminator=none"]
+    args = [
+        "scaling",
+        "--config",
+        str(CPU_TINY),
+        "--init",
+        str(phase1_run),
+        "--data",
+        str(image_dir),
+        "--eval-data",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "s"),
+        "--metric",
+        "psnr",
+        "--expert-hidden",
+        "8,32",
+        "--layers",
+        "2,4",
+        "train.max_steps=2",
+        "loss.discriminator=none",
+    ]
     assert main(args) == 0
     report = json.loads((tmp_path / "s" / "scaling.json").read_text())
     assert report["metric"] == "psnr" and len(report["points"]) == 4
