@@ -7,7 +7,19 @@ from PIL import Image
 
 from drorae.cli import build_parser, main
 
-COMMANDS = ["import-rae", "export-rae", "info", "reconstruct", "train", "eval", "analyze", "scaling", "demo", "data"]
+COMMANDS = [
+    "import-rae",
+    "export-rae",
+    "info",
+    "reconstruct",
+    "train",
+    "eval",
+    "analyze",
+    "scaling",
+    "ablate",
+    "demo",
+    "data",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -142,3 +142,16 @@ def test_bad_shapes_name_the_values():
         f(hidden[:3], z_base)
     with pytest.raises(ValueError, match="routing='topk'"):
         fusion(L, C, 16, routing="topk")
+
+
+def test_energy_normalisation_is_cancelled_by_the_layernorm_up_to_its_eps():
+    """eq. 4 divides the mixed experts by ||w||; LN_bb after it removes any per-token scale, except that its
+    eps (1e-6) weighs relatively more on the unnormalised sum: the outputs agree closely, not exactly."""
+    hidden, z_base = make_inputs()
+    torch.manual_seed(0)
+    on = fusion(L, C, 16)
+    off = fusion(L, C, 16, energy_norm=False)
+    off.load_state_dict(on.state_dict())
+    a, b = on(hidden, z_base), off(hidden, z_base)
+    torch.testing.assert_close(b.fused, a.fused, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(a.fused, b.fused)

@@ -216,6 +216,14 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .sweeps import run_ablation
+
+    run_ablation(_sweep_settings(args), tuple(args.groups))
+    print((Path(args.out) / "ablation.md").read_text())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -360,6 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-hidden", required=True, help="expert widths, e.g. 128,512,1536")
     p.add_argument("--layers", required=True, help="numbers of fused layers (the deepest N), e.g. 2,4,8,12")
     p.set_defaults(func=_cmd_scaling)
+
+    p = sub.add_parser(
+        "ablate",
+        help="ablations (tables 3-4): routing x correction, beta, energy normalisation, training strategy",
+    )
+    _add_sweep_arguments(p)
+    p.add_argument(
+        "--groups",
+        nargs="+",
+        default=["design", "beta", "energy_norm", "strategy"],
+        choices=["design", "beta", "energy_norm", "strategy"],
+        help="which tables to run (default all)",
+    )
+    p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser(
         "demo",

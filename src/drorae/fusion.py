@@ -139,6 +139,8 @@ class FusionConfig:
         layers: 1-based indices of the blocks to fuse (default: all 1..L), e.g. the deepest N.
         activation: the experts' activation (the paper names none; GELU).
         energy_eps: eps of eq. 4's denominator.
+        energy_norm: divide by eq. 4's l2 norm of the weights (ablation: off). The LayerNorm after it cancels
+            any per-token scale up to its eps, so this mostly changes the gradients' scale.
         attention_heads: heads of the cross-attention ablation router.
         num_layers: L, the backbone's block count (hidden_states has L entries).
         dim: C, the backbone width.
@@ -153,6 +155,7 @@ class FusionConfig:
     layers: list[int] | None = None
     activation: str = "gelu"
     energy_eps: float = 1e-6
+    energy_norm: bool = True
     attention_heads: int = 8
     num_layers: int | None = None
     dim: int | None = None
@@ -203,7 +206,7 @@ class DepthRoutedFusion(nn.Module):
         self.config = cfg = config.resolved()
         self.num_layers, self.dim, self.expert_hidden = cfg.num_layers, cfg.dim, cfg.expert_hidden
         self.beta, self.routing, self.correction = float(cfg.beta), cfg.routing, cfg.correction
-        self.norm_eps, self.energy_eps = float(cfg.norm_eps), float(cfg.energy_eps)
+        self.norm_eps, self.energy_eps, self.energy_norm = float(cfg.norm_eps), float(cfg.energy_eps), cfg.energy_norm
         self.layers = cfg.fused_layers
         self.register_buffer("layer_index", torch.tensor([k - 1 for k in self.layers]), persistent=False)
         k = len(self.layers)
@@ -239,7 +242,9 @@ class DepthRoutedFusion(nn.Module):
             if self.routing == "energy":
                 # eq. 4: energy-constrained aggregation; weights may be negative.
                 w = logits
-                mixed = torch.einsum("mk,kmc->mc", w, h) / torch.sqrt((w * w).sum(-1, keepdim=True) + self.energy_eps)
+                mixed = torch.einsum("mk,kmc->mc", w, h)
+                if self.energy_norm:
+                    mixed = mixed / torch.sqrt((w * w).sum(-1, keepdim=True) + self.energy_eps)
             else:  # softmax ablation: a convex combination of the experts
                 w = torch.softmax(logits, dim=-1)
                 mixed = torch.einsum("mk,kmc->mc", w, h)

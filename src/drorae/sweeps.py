@@ -38,8 +38,11 @@ class SweepSettings:
     eval_batch: int = 32
 
 
-def run_point(settings: SweepSettings, name: str, overrides: list[str], phase: str = "2") -> dict[str, Any]:
-    """Train one point (or reuse it) and evaluate it; returns its ``point.json`` record."""
+def run_point(
+    settings: SweepSettings, name: str, overrides: list[str], phase: str = "2", init: str | Path | None = None
+) -> dict[str, Any]:
+    """Train one point (or reuse it) and evaluate it; returns its ``point.json`` record. ``init`` defaults to the
+    sweep's phase-1 model (phases 3 and "full" start from a phase-2 point's run directory instead)."""
     from .evaluation import evaluate
     from .training import Trainer, load_config
 
@@ -48,7 +51,7 @@ def run_point(settings: SweepSettings, name: str, overrides: list[str], phase: s
     if record_path.is_file():
         return json.loads(record_path.read_text())
     cfg = load_config(settings.config, [*settings.overrides, *overrides])
-    trainer = Trainer(cfg, phase, run, data_dir=settings.data, init=settings.init, resume=True, progress=False)
+    trainer = Trainer(cfg, phase, run, data_dir=settings.data, init=init or settings.init, resume=True, progress=False)
     result = trainer.run()
     fusion = trainer.model.fusion
     rfid = settings.metric in ("auto", "rfid")
@@ -231,6 +234,115 @@ def parse_int_list(text: str) -> list[int]:
     return out
 
 
+# -- ablations (tables 3-4 and what the paper left open) ---------------------------------------------------------
+
+ABLATION_GROUPS = ("design", "beta", "energy_norm", "strategy")
+BETAS = (0.05, 0.1, 0.2, 0.5, 1.0)
+DEFAULT_CELL = "energy_incremental"  # the paper's module: energy routing, incremental correction, beta 0.2
+
+
+def ablation_cells(groups: tuple[str, ...], max_steps: int) -> list[dict[str, Any]]:
+    """The cells of the requested groups, in table order: ``{group, label, point, phase, overrides, init_point}``.
+
+    Cells that are the same run (the default module appears in every group) share one point.
+    """
+    from .fusion import CORRECTIONS, ROUTINGS
+
+    cells = []
+
+    def cell(group, label, point, overrides=(), phase="2", init_point=None):
+        cells.append(
+            {
+                "group": group,
+                "label": label,
+                "point": point,
+                "phase": phase,
+                "overrides": list(overrides),
+                "init_point": init_point,
+            }
+        )
+
+    for group in groups:
+        if group not in ABLATION_GROUPS:
+            raise ValueError(f"ablation group {group!r} is not one of {ABLATION_GROUPS}")
+        if group == "design":  # table 3
+            for routing in ROUTINGS:
+                for correction in CORRECTIONS:
+                    cell(
+                        group,
+                        f"{routing} routing, {correction}",
+                        f"{routing}_{correction}",
+                        [f"model.fusion.routing={routing}", f"model.fusion.correction={correction}"],
+                    )
+        elif group == "beta":
+            for beta in BETAS:
+                point = DEFAULT_CELL if beta == 0.2 else f"beta_{beta}"
+                cell(group, f"beta = {beta}", point, [f"model.fusion.beta={beta}"])
+        elif group == "energy_norm":  # eq. 4's l2 division, which the LayerNorm after it cancels up to eps
+            cell(group, "energy normalisation on (eq. 4)", DEFAULT_CELL)
+            cell(group, "energy normalisation off", "energy_norm_off", ["model.fusion.energy_norm=false"])
+        else:  # table 4 (fusion only / + decoder / + backbone) and the joint training the paper leaves open
+            cell(group, "fusion only (phase 2)", DEFAULT_CELL)
+            cell(group, "three-phase: + decoder (phase 3)", "three_phase", phase="3", init_point=DEFAULT_CELL)
+            cell(group, "+ decoder and backbone (phase full)", "full", phase="full", init_point=DEFAULT_CELL)
+            cell(
+                group,
+                f"joint fusion + decoder, {2 * max_steps} steps",
+                "joint",
+                [f"train.max_steps={2 * max_steps}"],
+                phase="joint",
+            )
+    return cells
+
+
+def run_ablation(settings: SweepSettings, groups: tuple[str, ...] = ABLATION_GROUPS) -> dict[str, Any]:
+    """Every cell of ``groups`` (one resumable point each, shared where cells coincide); ``ablation.json`` and
+    ``ablation.md`` with the reconstruction metric and the latent-shift FD per cell."""
+    from .training import load_config
+
+    max_steps = load_config(settings.config, list(settings.overrides)).train.max_steps
+    cells = ablation_cells(tuple(groups), max_steps)
+    records: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        if c["point"] not in records:
+            init = Path(settings.out) / "points" / c["init_point"] if c["init_point"] else None
+            if c["init_point"] and c["init_point"] not in records:
+                records[c["init_point"]] = run_point(settings, c["init_point"], [])
+            records[c["point"]] = run_point(settings, c["point"], c["overrides"], phase=c["phase"], init=init)
+        record = records[c["point"]]
+        c.update(
+            metric=record["metric"],
+            metric_name=record["metric_name"],
+            psnr=record["metrics"]["psnr"],
+            latent_shift_fd=record["latent_shift_fd"],
+        )
+    report = {"cells": cells, "points": records, "metric": cells[0]["metric_name"] if cells else None}
+    out = Path(settings.out)
+    (out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "ablation.md").write_text(ablation_markdown(report))
+    return report
+
+
+def ablation_markdown(report: dict[str, Any]) -> str:
+    metric = report["metric"]
+    better = " (held-out, dB; higher is better)" if metric == "psnr" else " (lower is better)"
+    lines = [
+        "# Ablations under the phase-2 protocol",
+        "",
+        f"Metric: {metric}{better}. Latent shift: Fréchet distance between the token distributions of z_final "
+        "and z_base (how far fusion moves the latent a diffusion model must learn; lower is closer to RAE's).",
+        "",
+    ]
+    for group in ABLATION_GROUPS:
+        rows = [c for c in report["cells"] if c["group"] == group]
+        if not rows:
+            continue
+        lines += [f"## {group}", "", f"| cell | run | {metric} | latent shift FD |", "|---|---|---|---|"]
+        lines += [f"| {c['label']} | `{c['point']}` | {c['metric']:.4f} | {c['latent_shift_fd']:.4f} |" for c in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
 __all__ = [
     "SweepSettings",
     "run_point",
@@ -240,4 +352,8 @@ __all__ = [
     "run_scaling",
     "plot_scaling",
     "parse_int_list",
+    "ABLATION_GROUPS",
+    "ablation_cells",
+    "run_ablation",
+    "ablation_markdown",
 ]

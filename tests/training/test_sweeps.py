@@ -71,3 +71,40 @@ def test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points(pha
     assert main(args) == 0  # everything finished: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((tmp_path / "s" / "scaling.json").read_text())["points"] == report["points"]
+
+
+def test_ablation_command_runs_every_table_once_per_distinct_run(phase1_run, image_dir, tmp_path):
+    from drorae.cli import main
+    from drorae.sweeps import BETAS, ablation_cells
+
+    cells = ablation_cells(("design", "beta", "energy_norm", "strategy"), max_steps=2)
+    points = {c["point"] for c in cells}
+    assert len(cells) == 6 + len(BETAS) + 2 + 4 and len(points) == 6 + 4 + 1 + 3  # the default cell is shared
+    args = [
+        "ablate",
+        "--config",
+        str(CPU_TINY),
+        "--init",
+        str(phase1_run),
+        "--data",
+        str(image_dir),
+        "--eval-data",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "a"),
+        "--metric",
+        "psnr",
+        "train.max_steps=2",
+        "loss.discriminator=none",
+    ]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "a" / "ablation.json").read_text())
+    assert set(report["points"]) == points and len(report["cells"]) == len(cells)
+    runs = {p.parent.name for p in (tmp_path / "a" / "points").glob("*/point.json")}
+    assert runs == points
+    by_point = report["points"]
+    assert by_point["three_phase"]["phase"] == "3" and by_point["joint"]["steps"] == 4
+    # beta = 0 would be RAE; every fusion cell moves the latent, replacement much more than a 0.05 correction
+    assert by_point["energy_replace"]["latent_shift_fd"] > by_point["beta_0.05"]["latent_shift_fd"] > 0
+    table = (tmp_path / "a" / "ablation.md").read_text()
+    assert "| cross_attention routing, replace | `cross_attention_replace` |" in table
