@@ -227,7 +227,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    report = run_demo(args.out, quick=args.quick, progress=not args.no_progress, seeds=args.seeds)
     return 0 if report else 1
 
 
@@ -239,14 +239,15 @@ def _cmd_data_sample(args: argparse.Namespace) -> int:
         f"wrote {counts['train']} train and {counts['heldout']} held-out photos "
         f"to {args.dir}/train and {args.dir}/heldout"
     )
-    if args.eval_crops:
-        from .demo import write_eval_crops
+    from .demo import write_eval_crops
 
-        write_eval_crops(Path(args.dir) / "heldout-crops", args.crop_size, args.eval_crops)
-        print(
-            f"wrote {args.eval_crops} fixed {args.crop_size} px crops of the held-out photos "
-            f"to {args.dir}/heldout-crops"
-        )
+    for count, split, folder, seed in (
+        (args.eval_crops, "heldout", "heldout-crops", 1),
+        (args.train_crops, "train", "train-crops", 2),
+    ):
+        if count:
+            write_eval_crops(Path(args.dir) / folder, args.crop_size, count, seed=seed, split=split)
+            print(f"wrote {count} fixed {args.crop_size} px crops of the {split} photos to {args.dir}/{folder}")
     return 0
 
 
@@ -391,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers meaningless)")
+    p.add_argument("--seeds", type=int, default=1, help="train and evaluate every stage with K seeds (mean ± std)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -400,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dir", help="output directory")
     q.add_argument("--max-size", type=int, help="downscale so the shorter side is at most this (default: full size)")
     q.add_argument("--eval-crops", type=int, help="also write N fixed crops of the held-out photos to heldout-crops/")
+    q.add_argument("--train-crops", type=int, help="also write N fixed crops of the train photos to train-crops/")
     q.add_argument("--crop-size", type=int, default=64, help="size of those crops (default 64, the demo's)")
     q.set_defaults(func=_cmd_data_sample)
 

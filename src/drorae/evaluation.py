@@ -116,19 +116,25 @@ def build_scorers(
     return Scorers(inception=inception_net, perceptual=perceptual, notes=notes)
 
 
-@torch.no_grad()
-def score_batch(model, originals: Tensor, scorers: Scorers) -> dict[str, Tensor]:
-    """Reconstruct uint8 ``originals`` ``[B, 3, S, S]`` and score them image by image (RAE's conventions)."""
+def image_scores(originals: Tensor, reconstructions: Tensor) -> dict[str, Tensor]:
+    """PSNR and SSIM per image ``[B]`` the way RAE's evaluation computes them: both images as uint8 levels
+    (``/ 255``), SSIM from torchmetrics with ``data_range=1.0``."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    x = originals.float() / 255.0
-    rec = quantize(model.decode(model.encode(x)))
-    r = rec.float() / 255.0
-    out = {
-        "reconstruction": rec,
+    x, r = quantize(originals).float() / 255.0, quantize(reconstructions).float() / 255.0
+    return {
         "psnr": psnr(x, r).double(),
         "ssim": structural_similarity_index_measure(r, x, data_range=1.0, reduction="none").double(),
     }
+
+
+@torch.no_grad()
+def score_batch(model, originals: Tensor, scorers: Scorers) -> dict[str, Tensor]:
+    """Reconstruct uint8 ``originals`` ``[B, 3, S, S]`` and score them image by image (RAE's conventions)."""
+    x = originals.float() / 255.0
+    rec = quantize(model.decode(model.encode(x)))
+    r = rec.float() / 255.0
+    out = {"reconstruction": rec, **image_scores(x, r)}
     for name, net in (scorers.perceptual or {}).items():
         out[name] = net.distances(r, x).double()
     if scorers.inception is not None:

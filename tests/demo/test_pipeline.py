@@ -36,7 +36,7 @@ def test_demo_writes_every_artifact(demo_out):
         "loss_curves.png",
     ):
         assert (demo_out / name).is_file() and (demo_out / name).stat().st_size > 0, name
-    for stage in ("phase1", "phase2", "phase3", "rae_matched", "phase2_last_layer"):
+    for stage in ("phase1", "phase2", "phase3", "rae_matched", "rae_decoder_matched", "phase2_last_layer"):
         assert (demo_out / stage / "model" / "model.safetensors").is_file()
 
 
@@ -46,9 +46,17 @@ def test_report_json_shape_and_markdown_shows_its_numbers(demo_out):
     for row in ROWS:
         assert set(report["phases"][row]) >= {"psnr", "ssim", "fd"}
     assert len(report["layer_probe_psnr"]) == report["backbone"]["recipe"]["num_layers"] + 1
-    assert {"backbone", "probe", "phase1", "phase2", "phase3", "rae_matched", "phase2_last_layer", "eval"} <= set(
-        report["seconds"]
-    )
+    assert {
+        "backbone",
+        "probe",
+        "phase1",
+        "phase2",
+        "phase3",
+        "rae_matched",
+        "rae_decoder_matched",
+        "phase2_last_layer",
+        "eval",
+    } <= set(report["seconds"])
     md = (demo_out / "report.md").read_text()
     for row in ROWS:
         r = report["phases"][row]
@@ -59,14 +67,15 @@ def test_report_json_shape_and_markdown_shows_its_numbers(demo_out):
 
 
 def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
-    """evaluate_models runs the frozen backbone once for all rows; the numbers must be those of
-    the plain per-model path: ReconstructionMetrics on decode(encode(x)) with its own FD passes."""
+    """evaluate_models runs the frozen backbone once for all rows; the numbers must be those of the plain
+    per-model path: drorae eval's per-image scores on decode(encode(x)), and an FD with its own backbone passes."""
     import torch
 
     from drorae.backbones import load_backbone
     from drorae.demo import evaluate_models
     from drorae.demo import photos as sample_data
-    from drorae.metrics import ReconstructionMetrics
+    from drorae.evaluation import image_scores, quantize
+    from drorae.metrics import FrechetFeatureDistance
     from drorae.tokenizer import DRoRAE
 
     report = json.loads((demo_out / "report.json").read_text())
@@ -77,8 +86,30 @@ def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
     shared = evaluate_models(dirs, images, backbone, batch_size=5)  # uneven last batch on purpose
     for row, model_dir in dirs.items():
         model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()
-        alone = ReconstructionMetrics(feature_fn=lambda x: backbone(x).z_base.mean(dim=1))
+        fd = FrechetFeatureDistance(lambda x: backbone(x).z_base.mean(dim=1), "fd")
         with torch.no_grad():
-            alone.update(images, model.decode(model.encode(images)).clamp(0, 1))
-        for name, value in alone.compute().items():
+            rec = quantize(model.decode(model.encode(images))).float() / 255
+            alone = {k: float(v.mean()) for k, v in image_scores(images, rec).items()}
+            fd.update(real=images, fake=rec)
+        alone["fd"] = fd.compute()
+        assert set(shared[row]) == set(alone)
+        for name, value in alone.items():
             assert shared[row][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (row, name)
+
+
+def test_several_seeds_report_mean_and_spread(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRORAE_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--quick", "--seeds", "2", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["seeds"] == [0, 1] and len(report["per_seed"]) == 2
+    for row in ROWS:
+        values = [r[row]["psnr"] for r in report["per_seed"]]
+        assert report["phases"][row]["psnr"] == pytest.approx(sum(values) / 2)
+        assert report["phases_std"][row]["psnr"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+        assert (tmp_path / "d" / "seed1" / "phase1" / "model" / "config.json").is_file()
+    claim = report["claims"][0]
+    assert len(claim["margins_db"]) == 2 and claim["exceeds_spread"] == (
+        abs(claim["margin_db"]) > claim["margin_std_db"]
+    )
+    md = (tmp_path / "d" / "report.md").read_text()
+    assert " ± " in md and "over 2 seeds" in md

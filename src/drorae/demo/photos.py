@@ -309,12 +309,15 @@ def write_sample_dataset(out_dir: str | os.PathLike, crop_size: int | None = Non
     return counts
 
 
-def write_eval_crops(out_dir: str | os.PathLike, crop_size: int, count: int, seed: int = 1) -> int:
-    """Write :func:`fixed_eval_crops` of the HELD-OUT photos as ``out_dir/crop_XXXXX.png`` (the demo's evaluation
-    set, as an image folder that ``drorae eval`` reads: the crops are already ``crop_size`` squares)."""
+def write_eval_crops(
+    out_dir: str | os.PathLike, crop_size: int, count: int, seed: int = 1, split: str = "heldout"
+) -> int:
+    """Write :func:`fixed_eval_crops` of a split's photos (default the HELD-OUT ones) as ``out_dir/crop_XXXXX.png``:
+    the demo's evaluation set (or a training set of crops) as an image folder that ``drorae eval`` and
+    ``drorae train`` read; the crops are already ``crop_size`` squares."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    crops = fixed_eval_crops(load_photos("heldout"), crop_size, count, seed=seed)
+    crops = fixed_eval_crops(load_photos(split), crop_size, count, seed=seed)
     for i, crop in enumerate(crops):
         pixels = (crop.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         Image.fromarray(pixels).save(out_dir / f"crop_{i:05d}.png")

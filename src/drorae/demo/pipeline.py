@@ -18,6 +18,7 @@ Everything trains through :class:`drorae.training.Trainer` with the packaged ``d
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,13 +31,23 @@ from . import photos as sample_photos
 from .backbone import BackboneRecipe, cached_backbone, default_cache_dir
 
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
-ROWS = ("rae", "phase2", "phase3", "rae_matched", "phase2_last_layer")
+ROWS = ("rae", "phase2", "phase3", "rae_matched", "rae_decoder_matched", "phase2_last_layer")
 ROW_LABELS = {
     "rae": "RAE baseline (phase 1)",
     "phase2": "DRoRAE phase 2 (fusion, same decoder)",
     "phase3": "DRoRAE phase 3 (decoder fine-tuned)",
     "rae_matched": "control: RAE decoder + steps of phases 2+3",
+    "rae_decoder_matched": "control: RAE decoder + phase 3's decoder steps",
     "phase2_last_layer": "control: phase 2 fed only the last block",
+}
+#: the training stage each row's model comes from
+ROW_STAGE = {
+    "rae": "phase1",
+    "phase2": "phase2",
+    "phase3": "phase3",
+    "rae_matched": "rae_matched",
+    "rae_decoder_matched": "rae_decoder_matched",
+    "phase2_last_layer": "phase2_last_layer",
 }
 
 
@@ -70,7 +81,7 @@ class DemoPlan:
         )
 
 
-def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, extra: list[str] = ()):
+def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, extra: list[str] = (), seed: int = 0):
     overrides = [
         f"model.backbone.name_or_path={backbone_dir}",
         f"model.backbone.input_size={plan.crop}",
@@ -78,7 +89,7 @@ def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, ext
         f"train.batch_size={plan.batch_size}",
         f"train.max_steps={steps}",
         f"optim.lr={lr}",
-        f"train.seed={plan.seed}",
+        f"train.seed={seed}",
         f"train.log_every={max(1, steps // 20)}",
         *extra,
     ]
@@ -91,14 +102,15 @@ def _stage_config(plan: DemoPlan, backbone_dir: Path, steps: int, lr: float, ext
 def evaluate_models(
     model_dirs: dict[str, Path], images: torch.Tensor, backbone, batch_size: int = 64
 ) -> dict[str, dict[str, float]]:
-    """PSNR / SSIM / Frechet distance in the backbone's feature space (mean-pooled z_base) of
-    every model on ``images``, ``{row: metrics}``.
+    """PSNR / SSIM (``drorae eval``'s conventions: uint8 levels, torchmetrics SSIM) and the Frechet distance in
+    the backbone's feature space (mean-pooled z_base) of every model on ``images``, ``{row: metrics}``.
 
     All rows share the frozen ``backbone``: it runs once over the originals, and that pass
     feeds every model's encoder and the real side of the FD; each model then adds only its
     decoder and one backbone pass over its reconstructions (their FD features).
     """
-    from ..metrics import ReconstructionMetrics
+    from ..evaluation import image_scores, quantize
+    from ..metrics import FrechetFeatureDistance
     from ..tokenizer import DRoRAE
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
@@ -109,12 +121,15 @@ def evaluate_models(
     results = {}
     for row, model_dir in model_dirs.items():
         model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()  # reuse the loaded frozen backbone
-        metrics = ReconstructionMetrics(feature_fn=pooled, fd_name="fd")
+        fd = FrechetFeatureDistance(pooled, "fd")
+        sums = {"psnr": 0.0, "ssim": 0.0}
         for x, feats in zip(batches, features):
             tokens = model.tokens_from_features(feats)[0]
-            reconstruction = model.decode(model.tokens_to_latent(tokens)).clamp(0, 1)
-            metrics.update(x, reconstruction, real_features=feats.z_base.mean(dim=1))
-        results[row] = {k: float(v) for k, v in metrics.compute().items()}
+            reconstruction = quantize(model.decode(model.tokens_to_latent(tokens))).float() / 255
+            for key, value in image_scores(x, reconstruction).items():
+                sums[key] += float(value.sum())
+            fd.update(fake=reconstruction, real_features=feats.z_base.mean(dim=1))
+        results[row] = {key: value / len(images) for key, value in sums.items()} | {"fd": fd.compute()}
     return results
 
 
@@ -130,8 +145,16 @@ def reconstructions(model_dir: Path, images: torch.Tensor, backbone=None) -> tup
 
 
 def run_demo(
-    out_dir: str | Path = "demo-out", quick: bool = False, progress: bool = True, cache_dir: str | Path | None = None
+    out_dir: str | Path = "demo-out",
+    quick: bool = False,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
+    """The whole demo; with ``seeds`` K > 1 the training stages and their evaluation run once per seed (seeds
+    ``plan.seed .. plan.seed + K - 1``, runs under ``<out>/seed<s>/``) and every row is reported as mean +- std."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = DemoPlan.quick_plan() if quick else DemoPlan()
@@ -168,8 +191,7 @@ def run_demo(
         + f", z_base {probe['z_base']:.2f}"
     )
 
-    # 3-7. training stages ---------------------------------------------------------------------
-    train_set = sample_photos.RandomCropDataset(train_photos, plan.crop, length=100_000, seed=plan.seed)
+    # 3-7. training stages, once per seed (the backbone and the evaluation crops are shared) -------------
     L = backbone.num_layers
     stages = [
         ("phase1", "1", None, plan.phase1_steps, plan.lr_decoder, []),
@@ -177,34 +199,48 @@ def run_demo(
         ("phase2_last_layer", "2", "phase1", plan.phase2_steps, plan.lr_fusion, [f"model.fusion.layers=[{L}]"]),
         ("phase3", "3", "phase2", plan.phase3_steps, plan.lr_finetune, []),
         ("rae_matched", "1", "phase1", plan.phase2_steps + plan.phase3_steps, plan.lr_finetune, []),
+        ("rae_decoder_matched", "1", "phase1", plan.phase3_steps, plan.lr_finetune, []),
     ]
     histories: dict[str, list] = {}
-    for name, phase, init, steps, lr, extra in stages:
-        t = stage(f"{name}: phase {phase}, {steps} steps" + (f", from {init}" if init else ""))
-        cfg = _stage_config(plan, backbone_dir, steps, lr, extra)
-        result = Trainer(
-            cfg, phase, out / name, init=out / init if init else None, dataset=train_set, progress=progress
-        ).run()
-        histories[name] = result.history
-        seconds[name] = time.perf_counter() - t
+    per_seed: list[dict] = []
+    seed_dirs = []
+    for k in range(seeds):
+        seed = plan.seed + k
+        seed_out = out if seeds == 1 else out / f"seed{seed}"
+        seed_dirs.append(seed_out)
+        train_set = sample_photos.RandomCropDataset(train_photos, plan.crop, length=100_000, seed=seed)
+        for name, phase, init, steps, lr, extra in stages:
+            t = stage(f"{name}: phase {phase}, {steps} steps" + (f", from {init}" if init else "") + f", seed {seed}")
+            cfg = _stage_config(plan, backbone_dir, steps, lr, extra, seed=seed)
+            result = Trainer(
+                cfg,
+                phase,
+                seed_out / name,
+                init=seed_out / init if init else None,
+                dataset=train_set,
+                progress=progress,
+            ).run()
+            if k == 0:
+                histories[name] = result.history
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+        # 8. evaluation of this seed's models
+        t = stage(f"evaluation on held-out crops, seed {seed}")
+        model_dirs = {row: seed_out / ROW_STAGE[row] / "model" for row in ROWS}
+        per_seed.append(evaluate_models(model_dirs, eval_images, backbone))
+        seconds["eval"] = seconds.get("eval", 0.0) + time.perf_counter() - t
 
-    # 8. evaluation, figures, report -----------------------------------------------------------
-    t = stage("evaluation on held-out crops")
-
-    model_dirs = {
-        "rae": out / "phase1" / "model",
-        "phase2": out / "phase2" / "model",
-        "phase3": out / "phase3" / "model",
-        "rae_matched": out / "rae_matched" / "model",
-        "phase2_last_layer": out / "phase2_last_layer" / "model",
-    }
-    results = evaluate_models({row: model_dirs[row] for row in ROWS}, eval_images, backbone)
+    t = time.perf_counter()
+    results, spread = aggregate_seeds(per_seed)
+    model_dirs = {row: seed_dirs[0] / ROW_STAGE[row] / "model" for row in ROWS}
     figures = write_figures(out, eval_images, model_dirs, probe_curve, histories, backbone)
-    seconds["eval"] = time.perf_counter() - t
+    seconds["eval"] += time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
 
     report = {
+        "seeds": [plan.seed + k for k in range(seeds)],
         "phases": results,
+        "phases_std": spread,
+        "per_seed": per_seed,
         "layer_probe_psnr": probe_curve,
         "layer_probe_labels": [f"block {i + 1}" for i in range(L)] + ["z_base"],
         "backbone": {
@@ -215,7 +251,7 @@ def run_demo(
             "cache": str(cache_dir or default_cache_dir()),
         },
         "plan": asdict(plan),
-        "claims": claims(results, probe_curve),
+        "claims": claims(per_seed, probe_curve),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "figures": figures,
         "fd_note": "fd = Frechet distance between mean-pooled z_base features of the frozen demo backbone "
@@ -228,21 +264,53 @@ def run_demo(
     return report
 
 
-def claims(results: dict, probe_curve: list[float]) -> list[dict]:
-    p = {k: v["psnr"] for k, v in results.items()}
-    checks = [
-        ("phase 2 beats the RAE baseline with the same frozen decoder", "phase2", "rae"),
-        (
-            "phase 2 beats the same fusion fed only the last block (the gain is the extra layers)",
-            "phase2",
-            "phase2_last_layer",
-        ),
-        ("phase 3 beats the RAE decoder trained for the same extra steps (equal compute)", "phase3", "rae_matched"),
-    ]
-    out = [
-        {"claim": text, "holds": bool(p[a] > p[b]), "margin_db": round(p[a] - p[b], 3), "rows": [a, b]}
-        for text, a, b in checks
-    ]
+CLAIMS = (
+    ("phase 2 beats the RAE baseline with the same frozen decoder", "phase2", "rae"),
+    (
+        "phase 2 beats the same fusion fed only the last block (the gain is the extra layers)",
+        "phase2",
+        "phase2_last_layer",
+    ),
+    ("phase 3 beats the RAE decoder trained for the steps of phases 2+3 (equal compute)", "phase3", "rae_matched"),
+    (
+        "phase 3 beats the RAE decoder trained for phase 3's decoder steps (more information, same decoder steps)",
+        "phase3",
+        "rae_decoder_matched",
+    ),
+)
+
+
+def aggregate_seeds(per_seed: list[dict]) -> tuple[dict, dict]:
+    """Mean and sample standard deviation (0 for one seed) of every row's metrics over the seeds."""
+    mean, std = {}, {}
+    for row in per_seed[0]:
+        mean[row], std[row] = {}, {}
+        for key in per_seed[0][row]:
+            values = [r[row][key] for r in per_seed]
+            mean[row][key] = statistics.fmean(values)
+            std[row][key] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def claims(per_seed: list[dict], probe_curve: list[float]) -> list[dict]:
+    """Each claim's PSNR margin per seed, its mean and spread; it holds when the mean margin is positive, and
+    ``exceeds_spread`` says whether the mean is larger than the seeds' standard deviation (else: a tie)."""
+    out = []
+    for text, a, b in CLAIMS:
+        margins = [r[a]["psnr"] - r[b]["psnr"] for r in per_seed]
+        mean = statistics.fmean(margins)
+        std = statistics.stdev(margins) if len(margins) > 1 else 0.0
+        out.append(
+            {
+                "claim": text,
+                "holds": bool(mean > 0),
+                "margin_db": round(mean, 3),
+                "margin_std_db": round(std, 3),
+                "margins_db": [round(m, 3) for m in margins],
+                "exceeds_spread": bool(len(margins) > 1 and abs(mean) > std),
+                "rows": [a, b],
+            }
+        )
     shallow, last = max(probe_curve[:-2]), probe_curve[-2]
     out.append(
         {
@@ -255,14 +323,30 @@ def claims(results: dict, probe_curve: list[float]) -> list[dict]:
     return out
 
 
+METRIC_DIGITS = (("psnr", 2), ("ssim", 4), ("fd", 4))
+
+
 def results_table(report: dict) -> str:
-    lines = ["| model | held-out PSNR (dB) | SSIM | FD (backbone features) |", "|---|---|---|---|"]
+    """One row per model; with several seeds each number is ``mean +- std``."""
+    several = len(report.get("seeds", [0])) > 1
+    header = "held-out PSNR (dB) | SSIM | FD (backbone features)"
+    lines = [f"| model | {header} |", "|---|---|---|---|"]
     for row in ROWS:
-        r = report["phases"][row]
-        lines.append(
-            f"| {ROW_LABELS[row]} (`{row}`) | {r['psnr']:.2f} | {r['ssim']:.4f} | {r.get('fd', float('nan')):.4f} |"
-        )
+        r, sd = report["phases"][row], report.get("phases_std", {}).get(row, {})
+        cells = [f"{r[key]:.{d}f}" + (f" ± {sd[key]:.{d}f}" if several else "") for key, d in METRIC_DIGITS]
+        lines.append(f"| {ROW_LABELS[row]} (`{row}`) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _claim_line(c: dict) -> str:
+    verdict = "HOLDS" if c["holds"] else "DOES NOT HOLD"
+    if "margin_std_db" not in c or len(c.get("margins_db", [])) <= 1:
+        return f"- {verdict}: {c['claim']} (margin {c['margin_db']:+.2f} dB)"
+    spread = "exceeds its spread" if c["exceeds_spread"] else "within its spread: a tie"
+    return (
+        f"- {verdict}: {c['claim']} (mean margin {c['margin_db']:+.2f} ± {c['margin_std_db']:.2f} dB over "
+        f"{len(c['margins_db'])} seeds, {spread}; per seed {', '.join(f'{m:+.2f}' for m in c['margins_db'])})"
+    )
 
 
 def render_markdown(report: dict) -> str:
@@ -292,7 +376,7 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     for c in report["claims"]:
-        parts.append(f"- {'HOLDS' if c['holds'] else 'DOES NOT HOLD'}: {c['claim']} (margin {c['margin_db']:+.2f} dB)")
+        parts.append(_claim_line(c))
     parts += [
         "",
         "## Layer probe (held-out PSNR of a ridge regression from tokens to their patch pixels)",
