@@ -154,3 +154,14 @@ def test_two_process_eval_equals_one_process(tiny_model_dir, val_dir, tmp_path):
     assert np.array_equal(
         _npz(tmp_path / "one" / "reconstructions.npz"), _npz(tmp_path / "two" / "reconstructions.npz")
     )
+
+
+def test_a_shard_of_only_unreadable_files_is_counted_not_fatal(tiny_model_dir, tmp_path):
+    folder = write_images(tmp_path / "val", 3, seed=5)
+    for name in ("a_broken.png", "b_broken.jpg"):  # sorted first: shard 0 holds nothing readable
+        (folder / name).write_bytes(b"\x00garbage")
+    report = evaluate(
+        tiny_model_dir, folder, tmp_path / "e", shard_size=2, batch_size=2, num_workers=0, rfid=False, stlpips=False
+    )
+    assert report["num_images"] == 3 and report["skipped_files"] == 2
+    assert _npz(tmp_path / "e" / "reconstructions.npz").shape == (3, 32, 32, 3)

@@ -261,7 +261,8 @@ def merge_shards(
         for k in range(num_shards)
         for p in json.loads(_shard_path(out, k).with_suffix(".json").read_text())["skipped"]
     ]
-    merged = {key: torch.cat([s[key] for s in shards if key in s]) for key in shards[0]} if shards else {}
+    keys = list(dict.fromkeys(k for shard in shards for k in shard))  # a shard of unreadable files has none
+    merged = {key: torch.cat([s[key] for s in shards if key in s]) for key in keys}
     n = int(merged["index"].numel()) if merged else 0
     if n == 0:
         raise ValueError(f"no readable images to evaluate ({len(skipped)} skipped)")
