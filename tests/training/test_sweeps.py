@@ -11,6 +11,28 @@ from drorae.sweeps import expected_fusion_params, fit_log_linear, parse_int_list
 from .conftest import CPU_TINY
 
 
+def sweep_args(command, init, data, out, *extra):
+    """A sweep command on the tiny config: 2-step points, no GAN, held-out PSNR."""
+    return [
+        command,
+        "--config",
+        str(CPU_TINY),
+        "--init",
+        str(init),
+        "--data",
+        str(data),
+        "--eval-data",
+        str(data),
+        "--out",
+        str(out),
+        "--metric",
+        "psnr",
+        *extra,
+        "train.max_steps=2",
+        "loss.discriminator=none",
+    ]
+
+
 def test_the_fit_recovers_a_line_exactly_and_scores_noise_lower():
     params = [1e5, 4e5, 2e6, 9e6]
     fit = fit_log_linear(params, [-2.5 * torch.log10(torch.tensor(p)).item() + 40.0 for p in params])
@@ -37,27 +59,7 @@ def test_parse_int_list_names_the_bad_entry():
 def test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points(phase1_run, image_dir, tmp_path):
     from drorae.cli import main
 
-    args = [
-        "scaling",
-        "--config",
-        str(CPU_TINY),
-        "--init",
-        str(phase1_run),
-        "--data",
-        str(image_dir),
-        "--eval-data",
-        str(image_dir),
-        "--out",
-        str(tmp_path / "s"),
-        "--metric",
-        "psnr",
-        "--expert-hidden",
-        "8,32",
-        "--layers",
-        "2,4",
-        "train.max_steps=2",
-        "loss.discriminator=none",
-    ]
+    args = sweep_args("scaling", phase1_run, image_dir, tmp_path / "s", "--expert-hidden", "8,32", "--layers", "2,4")
     assert main(args) == 0
     report = json.loads((tmp_path / "s" / "scaling.json").read_text())
     assert report["metric"] == "psnr" and len(report["points"]) == 4
@@ -80,23 +82,7 @@ def test_ablation_command_runs_every_table_once_per_distinct_run(phase1_run, ima
     cells = ablation_cells(("design", "beta", "energy_norm", "strategy"), max_steps=2)
     points = {c["point"] for c in cells}
     assert len(cells) == 6 + len(BETAS) + 2 + 4 and len(points) == 6 + 4 + 1 + 3  # the default cell is shared
-    args = [
-        "ablate",
-        "--config",
-        str(CPU_TINY),
-        "--init",
-        str(phase1_run),
-        "--data",
-        str(image_dir),
-        "--eval-data",
-        str(image_dir),
-        "--out",
-        str(tmp_path / "a"),
-        "--metric",
-        "psnr",
-        "train.max_steps=2",
-        "loss.discriminator=none",
-    ]
+    args = sweep_args("ablate", phase1_run, image_dir, tmp_path / "a")
     assert main(args) == 0
     report = json.loads((tmp_path / "a" / "ablation.json").read_text())
     assert set(report["points"]) == points and len(report["cells"]) == len(cells)
