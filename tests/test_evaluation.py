@@ -83,6 +83,8 @@ def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_
     saved = json.loads((tmp_path / "e" / "report.json").read_text())
     assert saved["metrics"] == report["metrics"]
     assert "| psnr |" in (tmp_path / "e" / "report.md").read_text()
+    grid = Image.open(tmp_path / "e" / report["figure"])  # 8 originals over their reconstructions, 2 px padding
+    assert grid.size == (8 * 32 + 9 * 2, 2 * 32 + 3 * 2)
 
 
 def test_eval_resumes_from_its_shards_and_fusion_off_is_plain_rae(tiny_model_dir, val_dir, tmp_path):

@@ -232,6 +232,8 @@ def evaluate(
     report = None
     if dist.is_main:
         report = merge_shards(out, num_shards, scorers.notes or {}, ref_npz, image_size=size)
+        with np.load(out / NPZ_NAME, allow_pickle=False) as npz:
+            report["figure"] = write_sample_grid(out, dataset, npz["arr_0"])
         report.update(
             model=str(model_dir),
             data=str(data_dir),
@@ -243,6 +245,23 @@ def evaluate(
     dist.barrier()
     dist.shutdown()
     return report
+
+
+def write_sample_grid(out: Path, dataset: EvalImages, reconstructions: np.ndarray, count: int = 8) -> str:
+    """``samples.png``: the first ``count`` readable originals (top row) over their reconstructions (bottom row)."""
+    from torchvision.utils import save_image
+
+    originals = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if item["image"] is not None:
+            originals.append(item["image"])
+        if len(originals) == min(count, len(reconstructions)):
+            break
+    top = torch.stack(originals).float() / 255
+    bottom = torch.from_numpy(reconstructions[: len(originals)]).permute(0, 3, 1, 2).float() / 255
+    save_image(torch.cat([top, bottom]), out / "samples.png", nrow=len(originals), padding=2)
+    return "samples.png"
 
 
 def load_ref_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -332,4 +351,6 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     ]
     lines += [f"- {k}: {v}" for k, v in report["notes"].items()]
     lines += ["", report["conventions"] + ".", ""]
+    if report.get("figure"):
+        lines += [f"![originals (top) and reconstructions (bottom)]({report['figure']})", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -318,9 +318,33 @@ def run_ablation(settings: SweepSettings, groups: tuple[str, ...] = ABLATION_GRO
         )
     report = {"cells": cells, "points": records, "metric": cells[0]["metric_name"] if cells else None}
     out = Path(settings.out)
+    report["figure"] = plot_ablation(report, out / "ablation.png").name
     (out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "ablation.md").write_text(ablation_markdown(report))
     return report
+
+
+def plot_ablation(report: dict[str, Any], path: Path) -> Path:
+    """One bar per cell: the reconstruction metric (left) and the latent-shift FD (right, log scale)."""
+    from .analysis.figures import _new_figure, _save
+
+    cells = report["cells"]
+    labels = [f"{c['group']}: {c['label']}" for c in cells]
+    fig = _new_figure((11.0, 0.32 * len(cells) + 1.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    colors = {g: f"C{i}" for i, g in enumerate(ABLATION_GROUPS)}
+    ys = list(range(len(cells)))[::-1]
+    values = [c["metric"] for c in cells]
+    axes[0].barh(ys, values, color=[colors[c["group"]] for c in cells])
+    axes[0].set_xlim(
+        min(values) - 0.1 * (max(values) - min(values) + 1e-9), max(values) + 0.05 * (max(values) - min(values) + 1e-9)
+    )
+    axes[0].set_yticks(ys, labels, fontsize=7)
+    axes[0].set_xlabel(report["metric"] + (" (held-out, dB)" if report["metric"] == "psnr" else ""))
+    axes[1].barh(ys, [c["latent_shift_fd"] for c in cells], color=[colors[c["group"]] for c in cells])
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("latent shift FD (z_final vs z_base)")
+    return _save(fig, path)
 
 
 def ablation_markdown(report: dict[str, Any]) -> str:
@@ -340,6 +364,8 @@ def ablation_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {group}", "", f"| cell | run | {metric} | latent shift FD |", "|---|---|---|---|"]
         lines += [f"| {c['label']} | `{c['point']}` | {c['metric']:.4f} | {c['latent_shift_fd']:.4f} |" for c in rows]
         lines.append("")
+    if report.get("figure"):
+        lines += [f"![metric and latent shift per cell]({report['figure']})", ""]
     return "\n".join(lines)
 
 
@@ -356,4 +382,5 @@ __all__ = [
     "ablation_cells",
     "run_ablation",
     "ablation_markdown",
+    "plot_ablation",
 ]

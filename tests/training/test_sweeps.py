@@ -92,5 +92,6 @@ def test_ablation_command_runs_every_table_once_per_distinct_run(phase1_run, ima
     assert by_point["three_phase"]["phase"] == "3" and by_point["joint"]["steps"] == 4
     # beta = 0 would be RAE; every fusion cell moves the latent, replacement much more than a 0.05 correction
     assert by_point["energy_replace"]["latent_shift_fd"] > by_point["beta_0.05"]["latent_shift_fd"] > 0
+    assert (tmp_path / "a" / report["figure"]).read_bytes().startswith(b"\x89PNG")
     table = (tmp_path / "a" / "ablation.md").read_text()
     assert "| cross_attention routing, replace | `cross_attention_replace` |" in table
