@@ -216,18 +216,18 @@ def evaluate(
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     num_shards = math.ceil(len(dataset) / shard_size)
     mine = [k for k in range(dist.rank, num_shards, dist.world_size)]
-    todo = [k for k in mine if not _shard_path(out, k).is_file()]
+    pending = [k for k in mine if not _shard_path(out, k).is_file()]
     show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     if show:
         from tqdm.auto import tqdm
 
-        todo_iter = tqdm(todo, desc="eval shards", unit="shard")
+        pending_iter = tqdm(pending, desc="eval shards", unit="shard")
     else:
-        todo_iter = todo
-    for k in todo_iter:
+        pending_iter = pending
+    for k in pending_iter:
         indices = range(k * shard_size, min((k + 1) * shard_size, len(dataset)))
         _run_shard(model, dataset, indices, scorers, batch_size, num_workers, dist.device, _shard_path(out, k))
-    reused = dist.gather(len(mine) - len(todo))
+    reused = dist.gather(len(mine) - len(pending))
     dist.barrier()
     report = None
     if dist.is_main:

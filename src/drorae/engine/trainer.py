@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ class StepOutput:
     outputs: Tensor | None = None
 
 
-class BaseTrainer:
+class BaseTrainer(ABC):
     """One training run: ``setup`` it, then :meth:`run`.
 
     Args:
@@ -126,14 +127,14 @@ class BaseTrainer:
             self._load_checkpoint()
 
     # -- what a subclass provides ---------------------------------------------------------------
+    @abstractmethod
     def train_step(self, micro_batches: list[Tensor], nonfinite: Tensor) -> StepOutput:
         """One optimizer step over ``grad_accum`` micro-batches; or ``nonfinite`` (a device bool)
         with "a loss was NaN/inf" without a host sync; advance ``self.step``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def export(self) -> Path:
         """Write the run's result (rank 0) and return its directory."""
-        raise NotImplementedError
 
     def checkpoint_extra(self) -> tuple[dict[str, Tensor], dict]:
         """Tensors and JSON state of the subclass's own (beyond model, EMA, optimizers, data, RNG)."""
