@@ -140,11 +140,11 @@ class BaseTrainer(ABC):
         """Tensors and JSON state of the subclass's own (beyond model, EMA, optimizers, data, RNG)."""
         return {}, {}
 
-    def load_checkpoint_extra(self, tensors: dict[str, Tensor], state: dict, path: Path) -> None:
-        pass
+    def load_checkpoint_extra(self, tensors: dict[str, Tensor], state: dict, path: Path) -> None:  # noqa: B027
+        """Restore what :meth:`checkpoint_extra` saved (optional hook: nothing by default)."""
 
-    def describe(self) -> None:
-        """Print what trains (rank 0, at the start of :meth:`run`)."""
+    def describe(self) -> None:  # noqa: B027
+        """Print what trains (rank 0, at the start of :meth:`run`; optional hook: nothing by default)."""
 
     # -- the loop ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
