@@ -129,7 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer.run(max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
     finally:
-        trainer.dist.shutdown()
+        trainer.close()
     return 0
 
 

@@ -12,6 +12,7 @@ Host-device syncs happen only at log and checkpoint steps.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -142,6 +143,16 @@ class BaseTrainer(ABC):
 
     def load_checkpoint_extra(self, tensors: dict[str, Tensor], state: dict, path: Path) -> None:  # noqa: B027
         """Restore what :meth:`checkpoint_extra` saved (optional hook: nothing by default)."""
+
+    def close(self) -> None:
+        """Release the DDP wrappers, then leave the process group this trainer joined. DDP keeps a reference to
+        the group: a group destroyed under it stays alive until interpreter exit, and a gloo group torn down
+        that late can abort the process ("terminate called without an active exception")."""
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.nn.parallel.DistributedDataParallel):
+                setattr(self, name, None)
+        gc.collect()
+        self.dist.shutdown()
 
     def describe(self) -> None:  # noqa: B027
         """Print what trains (rank 0, at the start of :meth:`run`; optional hook: nothing by default)."""
