@@ -67,11 +67,16 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = load_rgb(self.paths[index])
+        image = load_adm_image(self.paths[index], self.image_size)
         if image is None:
             return {"image": None, "index": index, "skipped": str(self.paths[index])}
-        crop = adm_center_crop(image, self.image_size)
-        return {"image": torch.from_numpy(crop).permute(2, 0, 1), "index": index}
+        return {"image": image, "index": index}
+
+
+def load_adm_image(path: str | Path, size: int) -> Tensor | None:
+    """One image file, ADM-centre-cropped, as uint8 ``[3, size, size]``; ``None`` if it cannot be decoded."""
+    image = load_rgb(path)
+    return None if image is None else torch.from_numpy(adm_center_crop(image, size)).permute(2, 0, 1)
 
 
 def quantize(images: Tensor) -> Tensor:

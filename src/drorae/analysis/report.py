@@ -21,16 +21,15 @@ from .spectra import log_magnitude_spectrum, radial_power_spectrum, spectral_dif
 
 def load_images(paths: list[str | Path], size: int) -> tuple[torch.Tensor, list[str], list[str]]:
     """ADM-centre-cropped images ``[B, 3, size, size]`` in [0, 1], their paths, and the unreadable paths."""
-    from ..data import load_rgb
-    from ..evaluation import adm_center_crop
+    from ..evaluation import load_adm_image
 
     images, used, skipped = [], [], []
     for path in paths:
-        image = load_rgb(path)
+        image = load_adm_image(path, size)
         if image is None:
             skipped.append(str(path))
             continue
-        images.append(torch.from_numpy(adm_center_crop(image, size)).permute(2, 0, 1).float() / 255)
+        images.append(image.float() / 255)
         used.append(str(path))
     if not images:
         raise ValueError(f"none of the {len(paths)} images could be read: {skipped[:5]}")

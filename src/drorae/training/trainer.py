@@ -146,7 +146,6 @@ class Trainer(BaseTrainer):
         super().__init__(
             cfg, cfg.train, cfg.optim, cfg.data, out_dir, name=self.phase_spec.label, resume=resume, progress=progress
         )
-        self.cfg = cfg
         # -- model and trainable groups
         model = (
             prepare_for_phase(model, cfg, self.phase_spec)
@@ -189,7 +188,7 @@ class Trainer(BaseTrainer):
     def _build_loss(self):
         from ..losses import ReconstructionLoss, build_discriminator, build_perceptual_loss
 
-        c = self.cfg.loss
+        c = self.config.loss
         perceptual = None
         if c.perceptual != "none" and c.perceptual_weight > 0:
             perceptual = build_perceptual_loss(c.perceptual, c.lpips_vgg_path)
