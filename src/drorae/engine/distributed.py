@@ -10,6 +10,7 @@ broadcast nor hooked.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+_DDP_HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
 
 
 @dataclass
@@ -39,16 +42,16 @@ class Distributed:
     def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         """``module`` under DDP when several processes train, else ``module`` itself.
 
-        Buffers are not broadcast at every forward (``broadcast_buffers=False``): the trained
+        Buffers are not broadcast at every forward: the trained
         modules' buffers are constants (position embeddings) or evolve identically on every rank
         from identical weights (spectral-norm vectors).
         """
         if not self.enabled:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(
-            module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters
-        )
+        # torch >= 2.14 names the switch forward_sync_buffers (broadcast_buffers is deprecated there)
+        no_sync = {"forward_sync_buffers": False} if _DDP_HAS_FORWARD_SYNC else {"broadcast_buffers": False}
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters, **no_sync)
 
     def barrier(self) -> None:
         if self.enabled:
