@@ -1,0 +1,363 @@
+"""The stage-2 network: DiT^DH (a DiT trunk + a wide, shallow head) and plain DiT, on a tokenizer's latent.
+
+Paper section 4.2 / appendix A (arXiv 2605.10780) trains DiT^DH-XL, RAE's network, on the 16x16x768 latent.
+Shapes for the latent ``x_t [B, C, H, W]`` (C = 768, H = W = 16 for DINOv2-B at 224 px), patch ``p``
+(1 for DiT^DH), ``N = (H / p) (W / p)`` tokens:
+
+    c      = SiLU(t_emb(t) + y_emb(y))                      [B, D]    t: Gaussian-Fourier features -> MLP
+    h      = x_embed(x_t) + pos_2d                          [B, N, D] trunk: fixed 2-D sin-cos positions
+    h      = trunk blocks(h, c)  (adaLN-Zero from c)        [B, N, D] every block: RMSNorm, RoPE-2D, SDPA, SwiGLU
+    s      = proj(SiLU(t_emb(t) + h))                       [B, N, D_head]   per-token condition of the head
+    g      = head_embed(x_t)                                [B, N, D_head]   the head re-embeds x_t (no abs. pos.)
+    g      = head blocks(g, s)   (adaLN-Zero from s, per token)
+    v      = Linear(modulate(RMSNorm(g), s)) -> unpatchify  [B, C, H, W]    the predicted velocity
+
+Plain DiT (``head_depth = 0``) applies the final layer to the trunk output with the global condition ``c``.
+adaLN modulations and the final linear layer start at zero, so a fresh model outputs 0.
+
+Labels: ``num_classes`` rows plus one null row (index ``num_classes``) for classifier-free guidance; the
+trainer drops labels to the null class, the model never does (its forward is deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..configuration import ConfigError, apply_preset, config_from_dict, require
+from ..serialization import load_safetensors, load_strict, save_safetensors
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+_HEAD = dict(head_hidden_size=2048, head_depth=2, head_num_heads=16)
+# Trunk sizes are DiT's (S/B/L/XL); DiT^DH adds RAE's wide head; "tiny" runs on a laptop CPU.
+DIT_PRESETS = {
+    "DiTDH-S": dict(hidden_size=384, depth=12, num_heads=6, **_HEAD),
+    "DiTDH-B": dict(hidden_size=768, depth=12, num_heads=12, **_HEAD),
+    "DiTDH-L": dict(hidden_size=1024, depth=24, num_heads=16, **_HEAD),
+    "DiTDH-XL": dict(hidden_size=1152, depth=28, num_heads=16, **_HEAD),
+    "DiT-S": dict(hidden_size=384, depth=12, num_heads=6, head_hidden_size=0, head_depth=0, head_num_heads=0),
+    "DiT-B": dict(hidden_size=768, depth=12, num_heads=12, head_hidden_size=0, head_depth=0, head_num_heads=0),
+    "DiT-L": dict(hidden_size=1024, depth=24, num_heads=16, head_hidden_size=0, head_depth=0, head_num_heads=0),
+    "DiT-XL": dict(hidden_size=1152, depth=28, num_heads=16, head_hidden_size=0, head_depth=0, head_num_heads=0),
+    "DiTDH-tiny": dict(hidden_size=128, depth=4, num_heads=4, head_hidden_size=256, head_depth=1, head_num_heads=4),
+    "DiT-tiny": dict(hidden_size=128, depth=4, num_heads=4, head_hidden_size=0, head_depth=0, head_num_heads=0),
+}
+
+
+@dataclass
+class DiTConfig:
+    """A DiT^DH (``head_depth > 0``) or plain DiT. ``preset`` fills the sizes left ``None``; the latent's
+    shape (``in_channels``, ``input_size``) comes from the tokenizer the network is trained on."""
+
+    preset: str | None = None
+    hidden_size: int | None = None  # trunk width D
+    depth: int | None = None
+    num_heads: int | None = None
+    head_hidden_size: int | None = None  # D_head (0 with head_depth 0: plain DiT)
+    head_depth: int | None = None
+    head_num_heads: int | None = None
+    in_channels: int | None = None  # latent channels C
+    input_size: int | None = None  # latent side H = W
+    patch_size: int = 1
+    out_channels: int | None = None  # default: in_channels (a velocity)
+    num_classes: int | None = None  # from the data's class folders (ImageNet: 1000); + 1 null row for CFG
+    mlp_ratio: float = 4.0  # SwiGLU hidden = int(2/3 * mlp_ratio * D)
+    frequency_size: int = 256  # Gaussian-Fourier features of t
+    fourier_scale: float = 1.0  # W ~ N(0, fourier_scale^2)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+
+    def resolved(self) -> DiTConfig:
+        cfg = replace(self)
+        apply_preset(cfg, "dit", DIT_PRESETS)
+        require(
+            cfg,
+            "dit",
+            ("hidden_size", "depth", "num_heads", "head_hidden_size", "head_depth", "head_num_heads"),
+            f"set dit.preset (one of {sorted(DIT_PRESETS)}) or every size",
+        )
+        require(cfg, "dit", ("in_channels", "input_size"), "they come from the tokenizer's latent [C, H, W]")
+        require(cfg, "dit", ("num_classes",), "it comes from the data's class folders")
+        if cfg.out_channels is None:
+            cfg.out_channels = cfg.in_channels
+        if cfg.input_size % cfg.patch_size:
+            raise ConfigError(f"dit.input_size={cfg.input_size} is not a multiple of dit.patch_size={cfg.patch_size}")
+        for width, heads, key in (
+            (cfg.hidden_size, cfg.num_heads, "num_heads"),
+            (cfg.head_hidden_size, cfg.head_num_heads, "head_num_heads"),
+        ):
+            if heads and (width % heads or (width // heads) % 4):
+                raise ConfigError(
+                    f"dit.{key}={heads}: the width {width} must split into heads whose size is a multiple of 4 "
+                    "(2-D RoPE rotates pairs along two axes)"
+                )
+        if cfg.head_depth and not cfg.head_hidden_size:
+            raise ConfigError("dit.head_depth > 0 needs dit.head_hidden_size > 0")
+        return cfg
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    def to_dict(self) -> dict:
+        return {"_class_name": "DiT", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DiTConfig:
+        return config_from_dict(cls, data, "dit")
+
+
+# -- building blocks ----------------------------------------------------------------------------------------------
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: ``x * (1 + scale) + shift``; shift/scale are [B, D] (global) or [B, N, D] (per token)."""
+    if shift.ndim == 2:
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    return x * (1 + scale) + shift
+
+
+def _gate(gate: Tensor) -> Tensor:
+    return gate.unsqueeze(1) if gate.ndim == 2 else gate
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
+    """Fixed 2-D sin-cos position embedding [grid*grid, dim] (half the channels per axis, as in MAE/DiT)."""
+    if dim % 4:
+        raise ValueError(f"sin-cos embedding width {dim} must be a multiple of 4")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
+    coords = torch.arange(grid, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+
+    def axis(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([axis(yy), axis(xx)], dim=1).float()
+
+
+class Rope2D(nn.Module):
+    """2-D rotary position embedding: the first half of a head's channels rotate with the row, the second
+    half with the column; pairs ``(2i, 2i + 1)`` rotate by ``pos * theta^(-4i / head_dim)``."""
+
+    def __init__(self, head_dim: int, grid: int, theta: float = 10000.0):
+        super().__init__()
+        quarter = head_dim // 4
+        freqs = theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+        coords = torch.arange(grid, dtype=torch.float64)
+        yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+        angles = torch.cat([yy.reshape(-1, 1) * freqs, xx.reshape(-1, 1) * freqs], dim=1)  # [N, head_dim / 2]
+        angles = angles.repeat_interleave(2, dim=1)  # each angle for its channel pair
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, heads, N, head_dim] -> rotated, same shape."""
+        pairs = x.unflatten(-1, (-1, 2))
+        rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+        return x * self.cos.to(x.dtype) + rotated * self.sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused qkv (with bias), RoPE-2D on q and k, SDPA."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, rope: Rope2D) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(rope(q), rope(k), v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class SwiGLU(nn.Module):
+    """``W3 (SiLU(W1 x) * W2 x)`` with hidden width ``int(2/3 * mlp_ratio * D)`` (equal parameters to a 4x GELU MLP)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: ``x += g1 * Attn(mod(RMSNorm(x), a1, b1)); x += g2 * MLP(mod(RMSNorm(x), a2, b2))``,
+    the six modulations a linear map of the (already SiLU-activated) condition."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.RMSNorm(dim, eps=eps)
+        self.mlp = SwiGLU(dim, int(2 / 3 * mlp_ratio * dim))
+        self.adaLN_modulation = nn.Linear(dim, 6 * dim)
+
+    def forward(self, x: Tensor, cond: Tensor, rope: Rope2D) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond).chunk(6, dim=-1)
+        x = x + _gate(gate1) * self.attn(modulate(self.norm1(x), shift1, scale1), rope)
+        return x + _gate(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """``Linear(mod(RMSNorm(x), shift, scale))`` -> patch values [B, N, p*p*C]."""
+
+    def __init__(self, dim: int, patch: int, out_channels: int, eps: float):
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.adaLN_modulation = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, patch * patch * out_channels)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class GaussianFourierTimeEmbedding(nn.Module):
+    """Continuous ``t`` in [0, 1] -> ``[sin(2 pi t W), cos(2 pi t W)]`` (fixed ``W ~ N(0, scale^2)``) -> MLP."""
+
+    def __init__(self, dim: int, frequency_size: int, scale: float):
+        super().__init__()
+        self.register_buffer("W", torch.randn(frequency_size // 2) * scale)  # fixed, saved with the weights
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        angles = 2 * math.pi * t.float()[:, None] * self.W[None, :]
+        features = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class PatchEmbed(nn.Module):
+    """[B, C, H, W] -> [B, N, D] with a p x p stride-p convolution (a linear map per patch)."""
+
+    def __init__(self, in_channels: int, dim: int, patch: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+# -- the network ---------------------------------------------------------------------------------------------------
+
+
+class DiT(nn.Module):
+    """DiT^DH (``config.head_depth > 0``) or plain DiT; ``forward(x_t, t, y) -> v`` (same shape as ``x_t``)."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        cfg = config.resolved()
+        self.config = cfg
+        d, dh, grid = cfg.hidden_size, cfg.head_hidden_size, cfg.grid_size
+        self.x_embedder = PatchEmbed(cfg.in_channels, d, cfg.patch_size)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None], persistent=False)
+        self.t_embedder = GaussianFourierTimeEmbedding(d, cfg.frequency_size, cfg.fourier_scale)
+        self.y_embedder = nn.Embedding(cfg.num_classes + 1, d)  # row num_classes = null label
+        self.rope = Rope2D(d // cfg.num_heads, grid, cfg.rope_theta)
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
+        if cfg.head_depth:
+            self.s_projector = nn.Linear(d, dh)
+            self.head_embedder = PatchEmbed(cfg.in_channels, dh, cfg.patch_size)
+            self.head_rope = Rope2D(dh // cfg.head_num_heads, grid, cfg.rope_theta)
+            self.head_blocks = nn.ModuleList(
+                DiTBlock(dh, cfg.head_num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.head_depth)
+            )
+        self.final_layer = FinalLayer(dh if cfg.head_depth else d, cfg.patch_size, cfg.out_channels, cfg.norm_eps)
+        self.initialize_weights()
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def initialize_weights(self) -> None:
+        """Xavier linears, normal(0.02) label/time embeddings, zero adaLN and final layer (adaLN-Zero)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for embed in [self.x_embedder] + ([self.head_embedder] if self.config.head_depth else []):
+            w = embed.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(embed.proj.bias)
+        nn.init.normal_(self.y_embedder.weight, std=0.02)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in [*self.blocks, *getattr(self, "head_blocks", [])]:
+            nn.init.zeros_(block.adaLN_modulation.weight)
+            nn.init.zeros_(block.adaLN_modulation.bias)
+        for layer in (self.final_layer.adaLN_modulation, self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """[B, N, p*p*C] -> [B, C, H, W]."""
+        p, g, c = self.config.patch_size, self.config.grid_size, self.config.out_channels
+        x = x.view(x.shape[0], g, g, p, p, c)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], c, g * p, g * p)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """x_t [B, C, H, W], t [B] in [0, 1] (1 = noise), y [B] labels (``null_class`` = unconditional)."""
+        t_emb = self.t_embedder(t)
+        c = F.silu(t_emb + self.y_embedder(y))
+        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        for block in self.blocks:
+            h = block(h, c, self.rope)
+        if not self.config.head_depth:
+            return self.unpatchify(self.final_layer(h, c))
+        s = self.s_projector(F.silu(t_emb.unsqueeze(1) + h))
+        g = self.head_embedder(x)
+        for block in self.head_blocks:
+            g = block(g, s, self.head_rope)
+        return self.unpatchify(self.final_layer(g, s))
+
+    def parameter_count(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- save / load ----------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> None:
+        """``config.json`` (+ ``extra`` keys, e.g. class names) and ``model.safetensors``."""
+        from .. import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.state_dict(), directory / WEIGHTS_NAME, metadata={"drorae_version": __version__})
+        data = {**self.config.to_dict(), "_drorae_version": __version__}
+        if extra:
+            data["_extra"] = extra
+        (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> DiT:
+        directory = Path(directory)
+        if (directory / "model" / CONFIG_NAME).is_file() and not (directory / CONFIG_NAME).is_file():
+            directory = directory / "model"  # a train-dit run directory
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {directory} is not a DiT directory (train-dit's --out/model)")
+        raw = json.loads(path.read_text())
+        if raw.get("_class_name") != "DiT":
+            raise ValueError(f"{path} describes a {raw.get('_class_name')!r}, not a DiT")
+        model = cls(DiTConfig.from_dict(raw))
+        load_strict(model, load_safetensors(directory / WEIGHTS_NAME), source=directory / WEIGHTS_NAME)
+        return model.to(map_location)
+
+    @staticmethod
+    def read_extra(directory: str | Path) -> dict:
+        directory = Path(directory)
+        if (directory / "model" / CONFIG_NAME).is_file() and not (directory / CONFIG_NAME).is_file():
+            directory = directory / "model"
+        return json.loads((directory / CONFIG_NAME).read_text()).get("_extra", {})
