@@ -33,7 +33,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine | constant-linear (constant, then linear over the last decay_steps)
+    decay_steps: int = 0  # constant-linear only
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # 0 disables
     ema_decay: float = 0.9978
 
@@ -71,6 +73,11 @@ def validate_run(optim: OptimConfig, loop: LoopConfig, optim_key: str = "optim",
     for name in ("batch_size", "grad_accum", "max_steps"):
         check(getattr(loop, name) >= 1, f"{loop_key}.{name}", "must be >= 1")
     check(len(optim.betas) == 2, f"{optim_key}.betas", "must be two numbers")
+    check(
+        optim.schedule in ("cosine", "constant-linear"),
+        f"{optim_key}.schedule",
+        f"{optim.schedule!r} is not cosine or constant-linear",
+    )
 
 
 def _load_yaml_chain(path: Path, seen: tuple = ()) -> Any:

@@ -19,6 +19,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .config import DataConfig, LoopConfig, OptimConfig, to_dict, to_yaml
 from .distributed import setup_distributed
 from .ema import EMA
 from .logger import RunLogger
-from .schedule import warmup_cosine_lr
+from .schedule import warmup_constant_linear_lr, warmup_cosine_lr
 
 log = logging.getLogger("drorae.train")
 
@@ -101,6 +102,7 @@ class BaseTrainer(ABC):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: EMA | None = None
         self.history: list[dict] = []
+        self.collate_fn = collate_skipping  # a subclass whose data has other fields sets its own
 
     # -- set-up (called by the subclass once its model exists) ----------------------------------
     def setup(self, trained: list[tuple[str, torch.nn.Parameter]], dataset: Any, extra_optimizers=None) -> None:
@@ -129,13 +131,25 @@ class BaseTrainer(ABC):
 
     # -- what a subclass provides ---------------------------------------------------------------
     @abstractmethod
-    def train_step(self, micro_batches: list[Tensor], nonfinite: Tensor) -> StepOutput:
-        """One optimizer step over ``grad_accum`` micro-batches; or ``nonfinite`` (a device bool)
-        with "a loss was NaN/inf" without a host sync; advance ``self.step``."""
+    def train_step(self, micro_batches: list[Any], nonfinite: Tensor) -> StepOutput:
+        """One optimizer step over ``grad_accum`` micro-batches (what :meth:`batch_inputs` returns); or
+        ``nonfinite`` (a device bool) with "a loss was NaN/inf" without a host sync; advance ``self.step``."""
 
     @abstractmethod
     def export(self) -> Path:
         """Write the run's result (rank 0) and return its directory."""
+
+    def batch_inputs(self, batch: dict) -> Any:
+        """What :meth:`train_step` receives of a collated batch (default: its images)."""
+        return batch["images"]
+
+    def batch_size_of(self, inputs: Any) -> int:
+        return inputs.shape[0]
+
+    def log_images(self, logger: RunLogger, out: StepOutput) -> None:
+        """The image log at ``loop.image_every`` steps (default: inputs over outputs of the step)."""
+        if out.images is not None:
+            self._log_images(logger, out.images, out.outputs)
 
     def checkpoint_extra(self) -> tuple[dict[str, Tensor], dict]:
         """Tensors and JSON state of the subclass's own (beyond model, EMA, optimizers, data, RNG)."""
@@ -160,6 +174,10 @@ class BaseTrainer(ABC):
     # -- the loop ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         o = self.optim
+        if o.schedule == "constant-linear":
+            return warmup_constant_linear_lr(
+                step, o.lr, o.warmup_steps, self.loop.max_steps, o.decay_steps, o.min_lr_ratio
+            )
         return warmup_cosine_lr(step, o.lr, o.warmup_steps, self.loop.max_steps, o.min_lr_ratio)
 
     def set_lr(self) -> None:
@@ -176,6 +194,18 @@ class BaseTrainer(ABC):
         self.ema.update(self.step)
         return norm.detach()
 
+    @contextmanager
+    def ema_weights(self):
+        """The trained parameters hold their EMA inside the block and their raw values again after it."""
+        raw = [p.detach().clone() for _, p in self.trained]
+        self.ema.copy_to_params()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), r in zip(self.trained, raw):
+                    p.copy_(r)
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
@@ -191,7 +221,7 @@ class BaseTrainer(ABC):
                 batch_size=loop.batch_size,
                 sampler=self.sampler,
                 num_workers=self.data.num_workers,
-                collate_fn=collate_skipping,
+                collate_fn=self.collate_fn,
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(loop.seed),  # keeps the global RNG untouched
                 persistent_workers=False,
@@ -201,7 +231,7 @@ class BaseTrainer(ABC):
                 self.skips.update(batch)
                 if loop.record_indices:
                     self.record_indices.extend(batch["indices"].tolist())
-                if batch["images"].shape[0] > 0:
+                if batch["indices"].numel() > 0:
                     yield batch
             self.sampler.set_epoch(self.sampler.epoch + 1)
 
@@ -230,9 +260,9 @@ class BaseTrainer(ABC):
         t_start = t_log = time.perf_counter()
         images_since_log = 0
         while self.step < stop_at:
-            micro = [next(batches)["images"] for _ in range(loop.grad_accum)]
+            micro = [self.batch_inputs(next(batches)) for _ in range(loop.grad_accum)]
             out = self.train_step(micro, nonfinite)
-            images_since_log += sum(m.shape[0] for m in micro)
+            images_since_log += sum(self.batch_size_of(m) for m in micro)
             is_log = self.step % loop.log_every == 0 or self.step == stop_at
             is_ckpt = self.step % every == 0 or self.step == stop_at
             # The only sync, at log / checkpoint steps; every rank stops together (one rank's NaN
@@ -254,8 +284,8 @@ class BaseTrainer(ABC):
                 }
                 t_log, images_since_log = now, 0
                 logger.log(record)
-            if loop.image_every and self.step % loop.image_every == 0 and out.images is not None:
-                self._log_images(logger, out.images, out.outputs)
+            if loop.image_every and self.step % loop.image_every == 0:
+                self.log_images(logger, out)
             if is_ckpt:
                 self._save_checkpoint()
             logger.advance()

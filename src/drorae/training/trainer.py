@@ -319,18 +319,14 @@ class Trainer(BaseTrainer):
         """Write the EMA weights as a save_pretrained directory (raw weights stay in the checkpoint)."""
         model_dir = self.out / "model"
         if self.is_main:
-            raw = [p.detach().clone() for _, p in self.trained]
-            self.ema.copy_to_params()
-            self.model.save_pretrained(model_dir, save_backbone=True)
+            with self.ema_weights():
+                self.model.save_pretrained(model_dir, save_backbone=True)
             (model_dir / "training.json").write_text(
                 json.dumps(
                     {"phase": self.phase, "steps": self.step, "weights": "ema", "ema_decay": self.optim.ema_decay},
                     indent=2,
                 )
             )
-            with torch.no_grad():
-                for (_, p), r in zip(self.trained, raw):
-                    p.copy_(r)
             if self.disc is not None:  # lets the next phase start with a trained critic
                 save_safetensors(self._disc_state(), self.out / DISCRIMINATOR_FILE)
         self.dist.barrier()
