@@ -8,7 +8,14 @@
 """
 
 from .backbone import BackboneRecipe, cached_backbone, default_cache_dir
-from .photos import RandomCropDataset, fixed_eval_crops, load_photos, write_eval_crops, write_sample_dataset
+from .photos import (
+    RandomCropDataset,
+    fixed_eval_crops,
+    load_photos,
+    write_class_crops,
+    write_eval_crops,
+    write_sample_dataset,
+)
 from .pipeline import ROWS, DemoPlan, evaluate_models, run_demo
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "RandomCropDataset",
     "fixed_eval_crops",
     "load_photos",
+    "write_class_crops",
     "write_eval_crops",
     "write_sample_dataset",
     "ROWS",

@@ -322,3 +322,20 @@ def write_eval_crops(
         pixels = (crop.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         Image.fromarray(pixels).save(out_dir / f"crop_{i:05d}.png")
     return count
+
+
+def write_class_crops(
+    out_dir: str | os.PathLike, crop_size: int, per_class: int, seed: int = 3, split: str = "train"
+) -> dict[str, int]:
+    """Write ``per_class`` fixed crops of every photo of a split as ``out_dir/<photo>/crop_XXXXX.png``: a
+    class-conditional data set (class = source photo) for the generation stage. Returns ``{photo: count}``."""
+    out_dir = Path(out_dir)
+    photos = load_photos(split)
+    crops = fixed_eval_crops(photos, crop_size, per_class * len(photos), seed=seed)
+    names = list(photos)
+    for i, crop in enumerate(crops):
+        folder = out_dir / names[i % len(names)]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (crop.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"crop_{i // len(names):05d}.png")
+    return dict.fromkeys(names, per_class)

