@@ -1,0 +1,73 @@
+"""The DiT^DH / DiT network: published sizes, adaLN-Zero start, save/load, config errors."""
+
+import pytest
+import torch
+
+from drorae.configuration import ConfigError
+from drorae.generation import DiT, DiTConfig
+
+
+def count(preset: str, **kw) -> int:
+    with torch.device("meta"):
+        return DiT(DiTConfig(preset=preset, num_classes=1000, **kw)).parameter_count()
+
+
+@pytest.mark.parametrize(
+    "preset, published",
+    [("DiTDH-XL", 838.4e6), ("DiTDH-S", 196.4e6)],  # RAE's DiT^DH on the 16 x 16 x 768 latent (paper: 839M for XL)
+)
+def test_dit_dh_parameter_counts_match_rae(preset, published):
+    n = count(preset, in_channels=768, input_size=16, patch_size=1)
+    assert abs(n - published) / published < 0.005, n
+
+
+def test_plain_dit_xl2_shape_matches_the_published_dit_count():
+    """DiT-XL/2 on SD-VAE latents (32 x 32 x 4, patch 2, learned sigma: 8 outputs) has 675.1M parameters
+    (Peebles & Xie); ours differs only by RMSNorm weights, SwiGLU biases and Fourier time features."""
+    n = count("DiT-XL", in_channels=4, input_size=32, patch_size=2, out_channels=8)
+    assert abs(n - 675.13e6) / 675.13e6 < 0.005, n
+
+
+def test_fresh_model_outputs_zero_and_has_nonzero_gradient():
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(preset="DiTDH-tiny", in_channels=16, input_size=4, num_classes=3))
+    x = torch.randn(2, 16, 4, 4)
+    v = model(x, torch.rand(2), torch.tensor([0, 3]))  # 3 = the null class
+    assert v.shape == x.shape and torch.equal(v, torch.zeros_like(v))
+    (v - torch.randn_like(v)).pow(2).mean().backward()
+    assert model.final_layer.linear.weight.grad.abs().sum() > 0
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(preset="DiT-tiny", in_channels=8, input_size=4, num_classes=5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # leave the zero init, so outputs differ from 0
+    model.save_pretrained(tmp_path, extra={"classes": list("abcde")})
+    loaded = DiT.from_pretrained(tmp_path)
+    x, t, y = torch.randn(3, 8, 4, 4), torch.rand(3), torch.tensor([0, 4, 5])
+    assert torch.equal(model(x, t, y), loaded(x, t, y))
+    assert DiT.read_extra(tmp_path)["classes"] == list("abcde")
+
+
+def test_preset_contradiction_and_missing_sizes_are_named():
+    with pytest.raises(ConfigError, match=r"dit.preset='DiTDH-XL' sets dit.hidden_size=1152, but dit.hidden_size=512"):
+        DiT(DiTConfig(preset="DiTDH-XL", hidden_size=512, in_channels=768, input_size=16, num_classes=10))
+    with pytest.raises(ConfigError, match=r"dit.num_classes not set"):
+        DiTConfig(preset="DiT-tiny", in_channels=8, input_size=4).resolved()
+    with pytest.raises(ConfigError, match=r"dit.num_heads=3"):
+        DiTConfig(preset="DiT-tiny", num_heads=3, in_channels=8, input_size=4, num_classes=2).resolved()
+
+
+def test_rope_rotation_preserves_norm_and_relative_positions():
+    from drorae.generation.dit import Rope2D
+
+    rope = Rope2D(8, grid=4)
+    q = torch.randn(1, 1, 16, 8)
+    assert torch.allclose(rope(q).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+    # the same vector at every position: <R_i q, R_j q> depends only on the offset of i and j
+    same = q[:, :, :1].expand(1, 1, 16, 8)
+    r = rope(same)[0, 0]
+    dots = r @ r.T
+    assert torch.allclose(dots[0, 1], dots[4, 5], atol=1e-5) and torch.allclose(dots[0, 4], dots[1, 5], atol=1e-5)
