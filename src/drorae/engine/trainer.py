@@ -225,6 +225,7 @@ class BaseTrainer(ABC):
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(loop.seed),  # keeps the global RNG untouched
                 persistent_workers=False,
+                drop_last=True,  # every step sees a full batch (an epoch's remainder is left out, as in DiT/timm)
             )
             for batch in loader:
                 self.sampler.advance(batch["num_samples"])

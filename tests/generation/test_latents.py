@@ -1,0 +1,117 @@
+"""``drorae stats`` (exact moments) and ``drorae cache-latents`` (shards, resume, flips, skips)."""
+
+import json
+
+import pytest
+import torch
+
+from drorae import DRoRAE
+from drorae.generation.latents import (
+    LabeledImageFolder,
+    LatentDataset,
+    LatentMoments,
+    cache_latents,
+    compute_latent_stats,
+    list_classes,
+    raw_latents,
+)
+
+
+def all_images(tokenizer, data_dir):
+    ds = LabeledImageFolder(data_dir, tokenizer.decoder.config.image_size)
+    return torch.stack([ds[i]["image"] for i in range(len(ds))]), torch.tensor(ds.labels)
+
+
+def test_moments_merge_equals_one_pass():
+    x = torch.randn(37, 4, 3, 3, dtype=torch.float64) * 3 + 5
+    a, b, whole = LatentMoments(), LatentMoments(), LatentMoments()
+    for chunk in x[:20].split(6):
+        a.update(chunk)
+    b.update(x[20:])
+    a.merge(b)
+    whole.update(x)
+    torch.testing.assert_close(a.mean, x.mean(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.var, x.var(0, unbiased=False), rtol=0, atol=1e-11)
+    assert a.count == 37
+
+
+def test_stats_equal_the_one_pass_moments_and_normalise_encode(tokenizer_dir, class_dir, tmp_path):
+    out = tmp_path / "tok"
+    result = compute_latent_stats(tokenizer_dir, class_dir, out_dir=out, batch_size=5, num_workers=0, device="cpu")
+    tok = DRoRAE.from_pretrained(tokenizer_dir)
+    with torch.no_grad():
+        z = raw_latents(tok, all_images(tok, class_dir)[0]).double()
+    stats = json.loads((out / "latent_stats.json").read_text())
+    assert result["count"] == stats["count"] == z.shape[0] == 18
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "latent_stats.safetensors"))
+    torch.testing.assert_close(saved["mean"].double(), z.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(saved["var"].double(), z.var(0, unbiased=False), rtol=0, atol=1e-6)
+    # the tokenizer copy now normalises: (z - mean) / sqrt(var + 1e-5)
+    normed = DRoRAE.from_pretrained(out)
+    assert normed.config.latent_norm and normed.fusion_enabled
+    with torch.no_grad():
+        x = all_images(tok, class_dir)[0]
+        expected = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5)
+        torch.testing.assert_close(normed.encode(x).double(), expected, rtol=0, atol=1e-4)
+        # decode undoes it: the reconstruction is the un-normalised model's
+        torch.testing.assert_close(normed.decode(normed.encode(x)), tok.decode(tok.encode(x)), rtol=0, atol=1e-4)
+
+
+def test_stats_in_place_keeps_the_backbone_and_fusion_off_differs(tokenizer_dir, class_dir, tmp_path):
+    import shutil
+
+    target = tmp_path / "inplace"
+    shutil.copytree(tokenizer_dir, target)
+    before = sorted(p.name for p in (target / "backbone").iterdir())
+    on = compute_latent_stats(target, class_dir, num_workers=0, device="cpu")
+    assert sorted(p.name for p in (target / "backbone").iterdir()) == before
+    assert DRoRAE.from_pretrained(target).config.latent_norm
+    off = compute_latent_stats(target, class_dir, out_dir=tmp_path / "off", fusion=False, num_workers=0, device="cpu")
+    assert off["fusion_enabled"] is False and off["fingerprint"] != on["fingerprint"]
+
+
+def test_flat_folder_is_refused_with_the_reason(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
+    with pytest.raises(ValueError, match=r"holds 1 images directly \(e.g. loose.png\).*one sub-folder per class"):
+        list_classes(tmp_path)
+
+
+def test_cache_holds_encode_and_labels_resumes_and_skips_corrupt_files(tokenizer_dir, class_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(class_dir, data)
+    (data / "class_1" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "cache"
+    meta = cache_latents(tokenizer_dir, data, out, flip=True, shard_size=5, batch_size=3, num_workers=0, device="cpu")
+    assert (
+        meta["num_latents"] == 18
+        and meta["skipped_files"] == 1
+        and meta["classes"] == ["class_0", "class_1", "class_2"]
+    )
+    tok = DRoRAE.from_pretrained(tokenizer_dir)
+    ds = LatentDataset(out, random_flip=False)
+    folder = LabeledImageFolder(data, tok.decoder.config.image_size)
+    readable = [i for i in range(len(folder)) if folder[i]["image"] is not None]
+    with torch.no_grad():
+        for k, i in enumerate(readable):
+            item, src = ds[k], folder[i]
+            assert item["label"] == src["label"]
+            torch.testing.assert_close(item["latent"], tok.encode(src["image"][None])[0], rtol=0, atol=1e-5)
+    # with flips, about half the items come from the mirror image's latent, decided by (seed, epoch, index)
+    flipped = LatentDataset(out, random_flip=True, seed=0)
+    picks = [not torch.equal(flipped[k]["latent"], ds[k]["latent"]) for k in range(len(ds))]
+    assert 0 < sum(picks) < len(picks)
+    assert picks == [not torch.equal(LatentDataset(out, True, 0)[k]["latent"], ds[k]["latent"]) for k in range(len(ds))]
+    # a rerun reuses every finished shard
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.safetensors")}
+    (out / "shard_00001.safetensors").unlink()
+    cache_latents(tokenizer_dir, data, out, flip=True, shard_size=5, batch_size=3, num_workers=0, device="cpu")
+    for name, stamp in stamps.items():
+        if name != "shard_00001.safetensors":
+            assert (out / name).stat().st_mtime_ns == stamp
+    assert (out / "shard_00001.safetensors").is_file()
