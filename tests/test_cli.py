@@ -19,6 +19,11 @@ COMMANDS = [
     "ablate",
     "demo",
     "data",
+    "stats",
+    "cache-latents",
+    "train-dit",
+    "sample",
+    "eval-gen",
 ]
 
 

@@ -609,7 +609,14 @@ def _add_generation_parsers(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="integration steps (default 50, RAE's)")
     p.add_argument("--shift", type=float, help="time shift (default: the DiT's training shift)")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--num", type=int, help="number of samples (labels from a pool, ceil(N / classes) per class)")
+    group.add_argument(
+        "--num-samples",
+        "--num",
+        dest="num",
+        type=int,
+        help="number of samples (labels from a pool, ceil(N / classes) per class); under torchrun spell it "
+        "--num-samples (torchrun's parser reads --num as an abbreviation of its --numa-binding)",
+    )
     group.add_argument("--per-class", type=int, help="exactly K samples of every class")
     p.add_argument("--seed", type=int, default=0, help="label pool and noise seed (default 0)")
     p.add_argument("--batch", type=int, default=64, help="samples per chunk (default 64)")
