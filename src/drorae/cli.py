@@ -227,7 +227,14 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, progress=not args.no_progress, seeds=args.seeds)
+    report = None
+    if not args.generation_only:
+        report = run_demo(args.out, quick=args.quick, progress=not args.no_progress, seeds=args.seeds)
+    if args.generation or args.generation_only:
+        from .demo.generation import GenerationPlan, run_generation_demo
+
+        plan = GenerationPlan.quick_plan() if args.quick else GenerationPlan()
+        report = run_generation_demo(args.out, plan, seeds=args.seeds, progress=not args.no_progress)
     return 0 if report else 1
 
 
@@ -519,6 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers meaningless)")
     p.add_argument("--seeds", type=int, default=1, help="train and evaluate every stage with K seeds (mean ± std)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.add_argument(
+        "--generation",
+        action="store_true",
+        help="then the toy generation stage: a DiT^DH on RAE vs DRoRAE latents (report in OUT/generation/)",
+    )
+    p.add_argument(
+        "--generation-only",
+        action="store_true",
+        help="only the generation stage, on the tokenizers of an earlier `drorae demo --out OUT`",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("data", help="datasets")

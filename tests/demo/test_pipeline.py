@@ -113,3 +113,29 @@ def test_several_seeds_report_mean_and_spread(tmp_path, monkeypatch):
     )
     md = (tmp_path / "d" / "report.md").read_text()
     assert " ± " in md and "over 2 seeds" in md
+
+
+def test_generation_demo_on_the_demo_tokenizers(demo_out):
+    """`drorae demo --generation-only --quick`: stats, cache, train-dit, sample, eval-gen for RAE and DRoRAE."""
+    assert main(["demo", "--generation-only", "--quick", "--out", str(demo_out), "--no-progress"]) == 0
+    gen = demo_out / "generation"
+    report = json.loads((gen / "report.json").read_text())
+    assert set(report["rows"]) == {"rae", "drorae"}
+    for row in ("rae", "drorae"):
+        assert set(report["rows"][row]) == {"fd", "precision", "recall", "final_loss"}
+        assert (gen / row / "tokenizer" / "latent_stats.safetensors").is_file()
+        assert (gen / row / "seed0" / "samples" / "samples.npz").is_file()
+    # the DRoRAE row uses the fused latent, the RAE row does not
+    drorae_cfg = json.loads((gen / "drorae" / "tokenizer" / "config.json").read_text())
+    rae_cfg = json.loads((gen / "rae" / "tokenizer" / "config.json").read_text())
+    assert drorae_cfg["fusion_enabled"] and not rae_cfg["fusion_enabled"] and drorae_cfg["latent_norm"]
+    assert set(report["comparison"]) == {"fd", "final_loss", "precision", "recall"}
+    md = (gen / "report.md").read_text()
+    assert f"{report['rows']['drorae']['fd']:.4f}" in md and "not FID" in md
+    for name in ("dit_loss.png", "samples.png"):
+        assert (gen / name).stat().st_size > 0
+
+
+def test_generation_demo_without_the_tokenizer_demo_says_what_to_run(tmp_path, capsys):
+    assert main(["demo", "--generation-only", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "run `drorae demo --out" in capsys.readouterr().err

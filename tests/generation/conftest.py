@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-DIT_TINY = REPO / "configs" / "dit" / "dit-tiny-cpu.yaml"
+DIT_TINY = REPO / "configs" / "dit" / "dit-tiny-cpu.yaml"  # _base_: the packaged demo config
 #: overrides that make the tiny DiT config take a fraction of a second per step on the test tokenizer
 FAST = [
     "dit.hidden_size=32",

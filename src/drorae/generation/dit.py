@@ -47,8 +47,8 @@ DIT_PRESETS = {
     "DiT-B": dict(hidden_size=768, depth=12, num_heads=12, head_hidden_size=0, head_depth=0, head_num_heads=0),
     "DiT-L": dict(hidden_size=1024, depth=24, num_heads=16, head_hidden_size=0, head_depth=0, head_num_heads=0),
     "DiT-XL": dict(hidden_size=1152, depth=28, num_heads=16, head_hidden_size=0, head_depth=0, head_num_heads=0),
-    "DiTDH-tiny": dict(hidden_size=128, depth=4, num_heads=4, head_hidden_size=256, head_depth=1, head_num_heads=4),
-    "DiT-tiny": dict(hidden_size=128, depth=4, num_heads=4, head_hidden_size=0, head_depth=0, head_num_heads=0),
+    "DiTDH-tiny": dict(hidden_size=64, depth=3, num_heads=4, head_hidden_size=128, head_depth=1, head_num_heads=4),
+    "DiT-tiny": dict(hidden_size=64, depth=3, num_heads=4, head_hidden_size=0, head_depth=0, head_num_heads=0),
 }
 
 
