@@ -101,3 +101,44 @@ def test_toy_run(bench, tmp_path, capsys):
         "fusion fwd+bwd",
     ]
     assert any(line.startswith("| 128 |") for line in lines)  # the ratio summary row
+
+
+DIT_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dit_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def dit_bench():
+    spec = importlib.util.spec_from_file_location("dit_throughput", DIT_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset", ["DiTDH-tiny", "DiT-tiny"])
+def test_dit_flops_match_torch_flop_counter(dit_bench, preset):
+    """The analytic count = torch's count of the matmuls and convolutions + the attention products, which torch
+    does not count on CPU: 2 (q k^T, attn v) x 2 FLOPs x N^2 x width per block (N = 16 tokens here)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from drorae.generation import DiT, DiTConfig
+
+    cfg = DiTConfig(preset=preset, in_channels=16, input_size=4, num_classes=3)
+    model = DiT(cfg)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, 16, 4, 4), torch.rand(2), torch.tensor([0, 1]))
+    c = cfg.resolved()
+    attention = 4 * 16**2 * (c.depth * c.hidden_size + c.head_depth * c.head_hidden_size)
+    assert dit_bench.dit_flops(cfg)["total"] == counter.get_total_flops() / 2 + attention
+
+
+def test_dit_benchmark_runs_on_cpu(dit_bench, tmp_path):
+    out = tmp_path / "dit.json"
+    args = ["--preset", "DiTDH-tiny", "--latent", "16", "4", "4", "--classes", "3", "--batch", "2", "--iters", "1"]
+    results = dit_bench.main([*args, "--sample-steps", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["train"][0]["img_per_s"] > 0 and {r["guidance"] for r in results["sampling"]} == {
+        "none",
+        "cfg",
+        "autoguidance",
+    }

@@ -49,7 +49,7 @@ def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
     image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
     pixels = np.asarray(image.convert("RGB"))
     top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
-    return np.ascontiguousarray(pixels[top : top + size, left : left + size])
+    return pixels[top : top + size, left : left + size].copy()  # contiguous and writable (asarray's view is not)
 
 
 class EvalImages(torch.utils.data.Dataset):

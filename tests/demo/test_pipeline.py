@@ -120,8 +120,8 @@ def test_generation_demo_on_the_demo_tokenizers(demo_out):
     assert main(["demo", "--generation-only", "--quick", "--out", str(demo_out), "--no-progress"]) == 0
     gen = demo_out / "generation"
     report = json.loads((gen / "report.json").read_text())
-    assert set(report["rows"]) == {"rae", "drorae"}
-    for row in ("rae", "drorae"):
+    assert set(report["rows"]) == {"rae", "rae_matched", "drorae"}
+    for row in ("rae", "rae_matched", "drorae"):
         assert set(report["rows"][row]) == {"fd", "precision", "recall", "final_loss"}
         assert (gen / row / "tokenizer" / "latent_stats.safetensors").is_file()
         assert (gen / row / "seed0" / "samples" / "samples.npz").is_file()
@@ -129,7 +129,7 @@ def test_generation_demo_on_the_demo_tokenizers(demo_out):
     drorae_cfg = json.loads((gen / "drorae" / "tokenizer" / "config.json").read_text())
     rae_cfg = json.loads((gen / "rae" / "tokenizer" / "config.json").read_text())
     assert drorae_cfg["fusion_enabled"] and not rae_cfg["fusion_enabled"] and drorae_cfg["latent_norm"]
-    assert set(report["comparison"]) == {"fd", "final_loss", "precision", "recall"}
+    assert set(report["comparison"]) == {"drorae_vs_rae", "drorae_vs_rae_matched"}
     md = (gen / "report.md").read_text()
     assert f"{report['rows']['drorae']['fd']:.4f}" in md and "not FID" in md
     for name in ("dit_loss.png", "samples.png"):

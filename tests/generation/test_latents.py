@@ -115,3 +115,26 @@ def test_cache_holds_encode_and_labels_resumes_and_skips_corrupt_files(tokenizer
         if name != "shard_00001.safetensors":
             assert (out / name).stat().st_mtime_ns == stamp
     assert (out / "shard_00001.safetensors").is_file()
+
+
+def test_stats_of_two_torchrun_ranks_equal_one_process(tokenizer_dir, class_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from .conftest import env
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    compute_latent_stats(tokenizer_dir, class_dir, out_dir=one, num_workers=0, device="cpu")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "drorae.cli",
+        "stats", "--model", str(tokenizer_dir), "--data", str(class_dir), "--out", str(two), "--num-workers", "0",
+        "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(str(one / "latent_stats.safetensors")), load_file(str(two / "latent_stats.safetensors"))
+    assert int(a["count"]) == int(b["count"]) == 18
+    for key in ("mean", "var"):
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)

@@ -143,3 +143,20 @@ def test_two_torchrun_processes_equal_one_process_with_the_doubled_batch(normed,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same(weights(one), weights(two), atol=1e-5)
+
+
+def test_nonfinite_loss_stops_with_the_last_good_checkpoint_intact(normed, tmp_path):
+    from drorae.engine import NonFiniteLossError
+
+    cfg = load_dit_config(DIT_TINY, [*FAST, "train.checkpoint_every=2", "train.log_every=2"])
+
+    class DivergesAtStep5(DiTTrainer):
+        def latents_of(self, batch):
+            x = super().latents_of(batch)
+            return x * float("nan") if self.step == 4 else x
+
+    trainer = DivergesAtStep5(cfg, normed / "tok", tmp_path, latents_dir=normed / "cache", progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"at or before step 6.*last good checkpoint is .*step_00000004"):
+        trainer.run()
+    tensors, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "checkpoints"))
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())

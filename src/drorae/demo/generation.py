@@ -3,17 +3,21 @@
 The paper's generation claim (section 4.2, table 1) is that a DiT^DH trained on DRoRAE's fused latent generates
 better images (gFID 1.74 -> 1.65) than the same DiT on RAE's. At toy scale, with the demo's tokenizers:
 
-* data: class-conditional crops of the demo's training photos (class = source photo, 14 classes), and a second,
-  disjoint draw of crops of the same photos as the reference set;
-* for each tokenizer (RAE = the phase-1 model, DRoRAE = the phase-3 model), through the same functions the
-  commands run: ``drorae stats`` (exact latent statistics), ``drorae cache-latents``, ``drorae train-dit``
-  (identical settings and seeds), ``drorae sample`` (K per class) and ``drorae eval-gen --features backbone``;
+* data: class-conditional crops of the demo's training photos (class = source photo, 17 classes), and a second
+  draw of crops of the same photos (another seed) as the reference set;
+* for each tokenizer (RAE = the phase-1 model, DRoRAE = the phase-3 model, and the control ``rae_matched``: RAE's
+  latent with a decoder trained for as many steps as DRoRAE's phases 2+3, so that a better decoder alone cannot
+  pass for a better latent space), through the same functions the commands run: ``drorae stats`` (exact latent
+  statistics), ``drorae cache-latents``, ``drorae train-dit`` (identical settings and seeds), ``drorae sample``
+  (K per class) and ``drorae eval-gen --features backbone``;
 * reported: the DiT training-loss curves (the paper's early indicator), sample grids, and the Fréchet distance of
   the samples to the reference crops in the frozen demo backbone's feature space (mean-pooled ``z_base``;
   *not* FID: there is no Inception network in a CPU-only toy run), with precision/recall (k = 3) on the same
   features; the same numbers for the training crops themselves (the floor a perfect generator would reach).
 
-With ``seeds`` K > 1 the DiT training and sampling run once per seed and rows are reported as mean +- std.
+With ``seeds`` K > 1 the DiT training and sampling run once per seed and rows are reported as mean +- std. Every
+finished piece (a tokenizer's statistics and cache, a seed's DiT, its samples) is reused by a rerun, so adding
+seeds or rows only runs what is new.
 """
 
 from __future__ import annotations
@@ -31,15 +35,21 @@ from . import photos as sample_photos
 
 DIT_CONFIG = Path(__file__).parent / "dit-demo.yaml"
 #: generation row -> the demo stage whose tokenizer it uses
-TOKENIZERS = {"rae": "phase1", "drorae": "phase3"}
-LABELS = {"rae": "RAE latents (phase-1 tokenizer)", "drorae": "DRoRAE latents (phase-3 tokenizer)"}
+TOKENIZERS = {"rae": "phase1", "rae_matched": "rae_matched", "drorae": "phase3"}
+LABELS = {
+    "rae": "RAE latents (phase-1 tokenizer)",
+    "rae_matched": "control: RAE latents, decoder trained for the steps of phases 2+3",
+    "drorae": "DRoRAE latents (phase-3 tokenizer)",
+}
+#: (row, baseline) pairs whose per-seed margins the report gives
+COMPARISONS = (("drorae", "rae"), ("drorae", "rae_matched"))
 
 
 @dataclass
 class GenerationPlan:
     crop: int = 64
-    train_per_class: int = 64  # 14 photos x 64 = 896 training crops
-    ref_per_class: int = 32  # 448 reference crops, a disjoint draw
+    train_per_class: int = 64  # 17 training photos x 64 = 1088 training crops
+    ref_per_class: int = 32  # 544 reference crops, another draw
     dit_steps: int = 1200
     batch_size: int = 32
     samples_per_class: int = 32
@@ -84,7 +94,6 @@ def run_generation_demo(
     from ..generation.evaluation import evaluate_generation
     from ..generation.latents import cache_latents, compute_latent_stats
     from ..generation.sampling import SampleSettings, run_sampling
-    from ..generation.trainer import DiTTrainer, load_dit_config
 
     plan = plan or GenerationPlan()
     demo_out = Path(demo_out)
@@ -108,7 +117,8 @@ def run_generation_demo(
         t = time.perf_counter()
         print(f"\n== generation {row}: stats + cache-latents of the {stage} tokenizer ==", flush=True)
         tok = out / row / "tokenizer"
-        compute_latent_stats(demo_out / stage / "model", data / "classes", out_dir=tok, num_workers=0, device="cpu")
+        if not (tok / "latent_stats.safetensors").is_file():
+            compute_latent_stats(demo_out / stage / "model", data / "classes", out_dir=tok, num_workers=0, device="cpu")
         cache_latents(tok, data / "classes", out / row / "latents", flip=True, num_workers=0, device="cpu")
         seconds[f"{row}_latents"] = time.perf_counter() - t
     for k in range(seeds):
@@ -119,14 +129,9 @@ def run_generation_demo(
             tok = out / row / "tokenizer"
             t = time.perf_counter()
             print(f"\n== generation {row}: train-dit ({plan.dit_steps} steps), seed {seed} ==", flush=True)
-            cfg = load_dit_config(DIT_CONFIG, _dit_overrides(plan, seed))
-            trainer = DiTTrainer(cfg, tok, run / "dit", latents_dir=out / row / "latents", progress=progress)
-            try:
-                result = trainer.run()
-            finally:
-                trainer.close()
+            history = _train_once(run / "dit", tok, out / row / "latents", plan, seed, progress)
             if k == 0:
-                histories[row] = result.history
+                histories[row] = history
             seconds[f"{row}_train"] = seconds.get(f"{row}_train", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             settings = SampleSettings(
@@ -138,7 +143,7 @@ def run_generation_demo(
             report = evaluate_generation(
                 run / "samples" / "samples.npz", data / "classes-ref", features="backbone", tokenizer=tok, out=run
             )
-            scores[row] = _row_metrics(report, result.history)
+            scores[row] = _row_metrics(report, history)
             seconds[f"{row}_sample_eval"] = seconds.get(f"{row}_sample_eval", 0.0) + time.perf_counter() - t
         per_seed.append(scores)
 
@@ -151,6 +156,7 @@ def run_generation_demo(
     figures = _figures(out, histories, plan)
     report = {
         "plan": asdict(plan),
+        "num_classes": len(sample_photos.load_photos("train")),
         "seeds": [plan.seed + k for k in range(seeds)],
         "rows": mean,
         "rows_std": std,
@@ -169,12 +175,29 @@ def run_generation_demo(
     return report
 
 
+def _train_once(run: Path, tok: Path, latents: Path, plan: GenerationPlan, seed: int, progress: bool) -> list[dict]:
+    """``train-dit`` into ``run`` unless a finished run with these settings is there; its logged history."""
+    from ..generation.trainer import DiTTrainer, load_dit_config
+
+    cfg = load_dit_config(DIT_CONFIG, _dit_overrides(plan, seed))
+    done = run / "model" / "config.json"
+    if done.is_file() and json.loads(done.read_text())["_extra"]["steps"] == plan.dit_steps:
+        print(f"reusing {run / 'model'}", flush=True)
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trainer = DiTTrainer(cfg, tok, run, latents_dir=latents, progress=progress)
+    try:
+        return trainer.run().history
+    finally:
+        trainer.close()
+
+
 def _row_metrics(report: dict, history: list[dict] | None) -> dict[str, float]:
     m = report["metrics"]
     row = {"fd": m["fd_backbone"], "precision": m["precision"], "recall": m["recall"]}
-    if history:
-        tail = [h["loss"] for h in history[-max(1, len(history) // 5) :]]
-        row["final_loss"] = statistics.fmean(tail)  # the last fifth of the logged steps
+    if history:  # the mean logged loss over the last fifth of the steps (one record per step)
+        by_step = {h["step"]: h["loss"] for h in history}
+        last = max(by_step)
+        row["final_loss"] = statistics.fmean(v for k, v in by_step.items() if k > 0.8 * last)
     return row
 
 
@@ -198,22 +221,24 @@ def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
 
 
 def _comparison(per_seed: list[dict]) -> dict[str, Any]:
-    """DRoRAE minus RAE per seed (fd: lower is better), the mean and the spread; ``holds`` needs the mean margin to
-    favour DRoRAE by more than the seeds' standard deviation (one seed: no spread, so never more than a hint)."""
-    out = {}
-    for key, better in (("fd", "lower"), ("final_loss", "lower"), ("precision", "higher"), ("recall", "higher")):
-        margins = [s["drorae"][key] - s["rae"][key] for s in per_seed]
-        mean = statistics.fmean(margins)
-        spread = statistics.stdev(margins) if len(margins) > 1 else None
-        favours = mean < 0 if better == "lower" else mean > 0
-        out[key] = {
-            "margins": margins,
-            "mean": mean,
-            "std": spread,
-            "better": better,
-            "favours_drorae": favours,
-            "exceeds_spread": spread is not None and abs(mean) > spread,
-        }
+    """For each (row, baseline) of :data:`COMPARISONS`: row minus baseline per seed (fd and loss: lower is better),
+    the mean and the spread; ``exceeds_spread`` says whether the mean margin is larger than the seeds' standard
+    deviation (one seed: no spread, so never more than a hint)."""
+    out: dict[str, Any] = {}
+    for row, base in COMPARISONS:
+        pair = out[f"{row}_vs_{base}"] = {}
+        for key, better in (("fd", "lower"), ("final_loss", "lower"), ("precision", "higher"), ("recall", "higher")):
+            margins = [s[row][key] - s[base][key] for s in per_seed]
+            mean = statistics.fmean(margins)
+            spread = statistics.stdev(margins) if len(margins) > 1 else None
+            pair[key] = {
+                "margins": margins,
+                "mean": mean,
+                "std": spread,
+                "better": better,
+                "favours_row": mean < 0 if better == "lower" else mean > 0,
+                "exceeds_spread": spread is not None and abs(mean) > spread,
+            }
     return out
 
 
@@ -275,7 +300,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# Toy generation: a DiT^DH on RAE latents vs on DRoRAE latents (CPU, offline)",
         "",
-        f"{plan['train_per_class']} training crops per class (14 classes = the demo's training photos), "
+        f"{plan['train_per_class']} training crops per class ({report.get('num_classes', '?')} classes = the demo's "
+        "training photos), "
         f"{plan['ref_per_class']} reference crops per class (another draw); DiT^DH-tiny, {plan['dit_steps']} steps "
         f"at batch {plan['batch_size']}, identical settings for both tokenizers; {plan['samples_per_class']} samples "
         f"per class, {plan['sampler']} ODE, {plan['sample_steps']} steps, no guidance; {n} seed(s), mean ± std.",
@@ -284,18 +310,20 @@ def render_markdown(report: dict) -> str:
         "",
         report["fd_note"],
         "",
-        "DRoRAE minus RAE, per seed:",
+        "Margins per seed (row minus baseline), their mean and standard deviation over the seeds:",
         "",
     ]
-    for key, c in report["comparison"].items():
-        spread = "n/a (one seed)" if c["std"] is None else f"{c['std']:.4f}"
-        verdict = ("favours DRoRAE" if c["favours_drorae"] else "favours RAE") + (
-            " beyond the seed spread" if c["exceeds_spread"] else " (within the spread: a tie)"
-        )
-        lines.append(
-            f"- {key} ({c['better']} is better): margins {', '.join(f'{m:+.4f}' for m in c['margins'])}; "
-            f"mean {c['mean']:+.4f}, std {spread}: {verdict}"
-        )
+    for pair, keys in report["comparison"].items():
+        row, base = pair.split("_vs_")
+        for key, c in keys.items():
+            spread = "n/a (one seed)" if c["std"] is None else f"{c['std']:.4f}"
+            verdict = (f"favours {row}" if c["favours_row"] else f"favours {base}") + (
+                " beyond the seed spread" if c["exceeds_spread"] else " (within the spread: a tie)"
+            )
+            lines.append(
+                f"- {row} vs {base}, {key} ({c['better']} is better): margins "
+                f"{', '.join(f'{m:+.4f}' for m in c['margins'])}; mean {c['mean']:+.4f}, std {spread}: {verdict}"
+            )
     lines += [
         "",
         "The DiT losses are on each tokenizer's own normalised latent (unit variance per position), so they compare "

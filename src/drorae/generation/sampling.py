@@ -203,13 +203,12 @@ def run_sampling(
         from tqdm.auto import tqdm
 
         iterator = tqdm(pending, desc="sample chunks", unit="chunk")
-    classes = extra.get("classes")
     for k in iterator:
         idx = list(range(k * s.batch_size, min((k + 1) * s.batch_size, n)))
         y = labels[idx].to(dev)
         images = to_uint8(generate(dit, tokenizer, y, idx, s, shift, guide=guide, bf16=bf16)).cpu()
         if s.write_png:
-            _write_pngs(out / "images", images, idx, labels[idx], classes)
+            _write_pngs(out / "images", images, idx, labels[idx])
         save_safetensors({"images": images, "labels": labels[idx], "indices": torch.tensor(idx)}, _chunk_path(out, k))
     dist.barrier()
     summary = None
@@ -237,7 +236,7 @@ def _check_run(out: Path, run: dict) -> None:
             )
 
 
-def _write_pngs(folder: Path, images: Tensor, indices: list[int], labels: Tensor, classes: list[str] | None) -> None:
+def _write_pngs(folder: Path, images: Tensor, indices: list[int], labels: Tensor) -> None:
     from PIL import Image
 
     for img, i, y in zip(images.numpy(), indices, labels.tolist()):
