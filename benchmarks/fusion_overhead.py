@@ -317,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--expert-hidden", type=int, nargs="+", default=[1536, 3072], metavar="H", help="expert widths h to time"
     )
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument(
+        "--compile",
+        nargs="+",
+        default=["off"],
+        choices=["off", "on"],
+        help="fusion variants: eager (off) and/or torch.compile (on; compiled during the warm-up calls)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
         "--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast(bfloat16) around every forward"
@@ -427,13 +434,18 @@ def _run(args: argparse.Namespace, device: torch.device, warmup: int, iters: int
         return {"encoder+fusion": encode_fuse, "fusion fwd": fuse, "fusion fwd+bwd": fuse_fwd_bwd}
 
     stages, fusions, fusion_params = {("encoder", None): encode}, {}, {}
+    variants = [v == "on" for v in args.compile]
     for h in args.expert_hidden:
         torch.manual_seed(args.seed)
         fusions[h] = DepthRoutedFusion(
             FusionConfig(num_layers=L, dim=C, expert_hidden=h, norm_eps=backbone.norm_eps)
         ).to(device)
         fusion_params[h] = sum(p.numel() for p in fusions[h].parameters())
-        stages.update({(name, h): fn for name, fn in make_stages(fusions[h]).items()})
+        for compiled in variants:
+            # torch.compile (inductor) fuses the memory-bound LayerNorm/affine/GELU passes over [K, M, h] and the
+            # bias adds into the matmuls; compilation happens in the untimed warm-up calls
+            module = torch.compile(fusions[h]) if compiled else fusions[h]
+            stages.update({(name, h, compiled): fn for name, fn in make_stages(module).items()})
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     t_start = time.perf_counter()
@@ -443,17 +455,20 @@ def _run(args: argparse.Namespace, device: torch.device, warmup: int, iters: int
     m_enc = ms[("encoder", None)]
     t_enc, f_enc = m_enc["median_s"], enc_flops["total"]
     rows, summary = [row("encoder", None, m_enc, f_enc, t_enc, f_enc)], []
-    for h in args.expert_hidden:
+    for h, compiled in ((h, c) for h in args.expert_hidden for c in variants):
         fus = fusion_flops(C, L, N, h)
-        m_ef, m_f, m_fb = ms[("encoder+fusion", h)], ms[("fusion fwd", h)], ms[("fusion fwd+bwd", h)]
+        tag = " (compiled)" if compiled else ""
+        m_ef, m_f, m_fb = (ms[(name, h, compiled)] for name in ("encoder+fusion", "fusion fwd", "fusion fwd+bwd"))
         rows += [
-            row("encoder+fusion", h, m_ef, f_enc + fus["fwd"], t_enc, f_enc),
-            row("fusion fwd", h, m_f, fus["fwd"], t_enc, f_enc),
-            row("fusion fwd+bwd", h, m_fb, fus["fwd_bwd"], t_enc, f_enc),
+            row("encoder+fusion" + tag, h, m_ef, f_enc + fus["fwd"], t_enc, f_enc),
+            row("fusion fwd" + tag, h, m_f, fus["fwd"], t_enc, f_enc),
+            row("fusion fwd+bwd" + tag, h, m_fb, fus["fwd_bwd"], t_enc, f_enc),
         ]
         summary.append(
             {
                 "expert_hidden": h,
+                "variant": "compiled" if compiled else "eager",
+                "fwd_time_share_over_flop_share": (m_f["median_s"] / t_enc) / (fus["fwd"] / f_enc),
                 "fusion_params": fusion_params[h],
                 "fusion_gflop_fwd": fus["fwd"] / 1e9,
                 "measured_encfusion_over_enc": m_ef["median_s"] / t_enc,
@@ -521,16 +536,18 @@ def to_markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| h | fusion params | (enc+fusion)/enc measured | analytic | fusion fwd/enc measured (cached) | "
-        "(enc+fusion-enc)/enc | analytic | fwd+bwd/enc measured | analytic |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| h | variant | fusion params | (enc+fusion)/enc measured | analytic | fusion fwd/enc measured (cached) | "
+        "(enc+fusion-enc)/enc | analytic | fwd+bwd/enc measured | analytic | fwd time share / FLOP share |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["summary"]:
         lines.append(
-            f"| {s['expert_hidden']} | {s['fusion_params'] / 1e6:.1f}M | {s['measured_encfusion_over_enc']:.3f} | "
+            f"| {s['expert_hidden']} | {s['variant']} | {s['fusion_params'] / 1e6:.1f}M | "
+            f"{s['measured_encfusion_over_enc']:.3f} | "
             f"{s['analytic_encfusion_over_enc']:.3f} | {s['measured_fusionfwd_over_enc']:.3f} | "
             f"{s['measured_difference_over_enc']:.3f} | {s['analytic_fusionfwd_over_enc']:.3f} | "
-            f"{s['measured_fwdbwd_over_enc']:.3f} | {s['analytic_fwdbwd_over_enc']:.3f} |"
+            f"{s['measured_fwdbwd_over_enc']:.3f} | {s['analytic_fwdbwd_over_enc']:.3f} | "
+            f"{s['fwd_time_share_over_flop_share']:.2f}x |"
         )
     lines += ["", f"peak mem = increase over the memory held when the stage started; method: {m['memory_method']}"]
     if m.get("loadavg_1min_before_after"):

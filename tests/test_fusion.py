@@ -155,3 +155,43 @@ def test_energy_normalisation_is_cancelled_by_the_layernorm_up_to_its_eps():
     a, b = on(hidden, z_base), off(hidden, z_base)
     torch.testing.assert_close(b.fused, a.fused, rtol=1e-3, atol=1e-3)
     assert not torch.equal(a.fused, b.fused)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "relu", "identity"])
+def test_inference_path_equals_the_autograd_path(activation):
+    """Without autograd the experts run in place (fewer [K, M, h] passes); the numbers are the same."""
+    hidden, z_base = make_inputs()
+    f = fusion(L, C, 16, activation=activation)
+    with torch.no_grad():
+        fast = f(hidden, z_base)
+    reference = f(hidden, z_base)
+    torch.testing.assert_close(fast.latent, reference.latent.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast.weights, reference.weights.detach(), rtol=0, atol=1e-6)
+
+
+def test_router_without_the_concatenation_equals_the_linear_layer_on_it():
+    hidden, _ = make_inputs()
+    f = fusion(L, C, 16)
+    z = ln(hidden).reshape(L, B * N, C)
+    concatenated = z.permute(1, 0, 2).reshape(B * N, L * C)
+    torch.testing.assert_close(f.route(z), f.router(concatenated), rtol=1e-6, atol=1e-5)
+
+
+def test_compiled_fusion_matches_eager_forward_and_gradients():
+    """torch.compile (the fast variant of benchmarks/fusion_overhead.py and train.compile) keeps eqs. 2-5."""
+    hidden, z_base = make_inputs()
+    f = fusion(L, C, 16)
+    compiled = torch.compile(f)
+    grad = torch.randn(B, N, C, generator=torch.Generator().manual_seed(1))
+    outputs, grads = [], []
+    for module in (f, compiled):
+        f.zero_grad(set_to_none=True)
+        out = module(hidden, z_base)
+        out.latent.backward(grad)
+        outputs.append(out.latent.detach())
+        grads.append({n: p.grad.clone() for n, p in f.named_parameters()})
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(hidden, z_base).latent, outputs[0], rtol=1e-5, atol=1e-5)

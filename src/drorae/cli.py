@@ -266,6 +266,17 @@ def _cmd_data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_shard(args: argparse.Namespace) -> int:
+    from .shards import write_shards
+
+    info = write_shards(args.src, args.out, args.shard_size)
+    print(
+        f"wrote {info['images']} images of {args.src} into {info['shards']} shards under {args.out}"
+        + (f" ({info['classes']} classes, classes.json)" if info["classes"] else "")
+    )
+    return 0
+
+
 # -- stage 2: generation ------------------------------------------------------------------------------------------
 
 
@@ -553,6 +564,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(a class-conditional set for the generation stage and its reference)",
     )
     q.set_defaults(func=_cmd_data_sample)
+
+    q = data_sub.add_parser(
+        "shard",
+        help="write an image folder as WebDataset-layout tar shards (readable wherever a folder is)",
+        description="Copy the images of a folder (sorted order; class sub-folders become .cls labels and "
+        "classes.json) into shard-XXXXXX.tar files. Sample i of the shards is image i of the folder.",
+    )
+    q.add_argument("src", help="image folder (flat or with class sub-folders)")
+    q.add_argument("out", help="output folder for the shards")
+    q.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    q.set_defaults(func=_cmd_data_shard)
 
     _add_generation_parsers(sub)
     return parser

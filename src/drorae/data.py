@@ -33,6 +33,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from .shards import TarMember, index_shards, is_shard_spec
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
@@ -132,10 +134,16 @@ def list_images(root: PathLike) -> list[Path]:
     Symlinked folders are followed. The result is sorted by path relative to ``root`` (POSIX
     form), so every machine and every rank lists the same files in the same order.
 
+    ``root`` may also be tar shards written by ``drorae data shard`` (a ``.tar``, a folder of them or a
+    ``{000..009}`` pattern, see :mod:`drorae.shards`): the result is then their image members
+    (:class:`~drorae.shards.TarMember`), in the folder order they were written in.
+
     Raises:
         FileNotFoundError: ``root`` does not exist.
         ValueError: ``root`` is not a folder, or holds no image.
     """
+    if is_shard_spec(root):  # tar shards (drorae data shard): their members, in the order they were written
+        return index_shards(root)[0]
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder does not exist: {root}")
@@ -221,7 +229,7 @@ def load_rgb(path: PathLike) -> Image.Image | None:
     applied, so photos appear upright. See :func:`to_rgb` for the mode conversions.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path.open() if isinstance(path, TarMember) else path) as image:
             image.load()
             try:
                 # Cameras store rotated pixels plus an orientation tag; a bad tag is not fatal.

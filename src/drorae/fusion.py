@@ -88,10 +88,26 @@ class LayerExperts(nn.Module):
         return lambda x: self._run(x.unsqueeze(0), slice(k % self.num_experts, k % self.num_experts + 1)).squeeze(0)
 
     def _run(self, x: Tensor, idx: slice) -> Tensor:
+        if not torch.is_grad_enabled():  # inference: the same arithmetic with fewer [K, M, h] passes/allocations
+            return self._run_inference(x, idx)
         y = torch.baddbmm(self.b_in[idx], x, self.w_in[idx])  # [K, M, h]
         # per-expert LayerNorm affine in one fused kernel (F.layer_norm's affine is shared across rows)
         y = torch.addcmul(self.ln_bias[idx], F.layer_norm(y, (self.hidden,), eps=self.ln_eps), self.ln_weight[idx])
         return torch.baddbmm(self.b_out[idx], self.act(y), self.w_out[idx])  # [K, M, C]
+
+    def _run_inference(self, x: Tensor, idx: slice) -> Tensor:
+        """:meth:`_run` without autograd: the activations [K, M, h] are memory-bound, so each step after the first
+        matmul works in place (two allocations of [K, M, h] instead of four)."""
+        y = torch.bmm(x, self.w_in[idx]).add_(self.b_in[idx])
+        y = F.layer_norm(y, (self.hidden,), eps=self.ln_eps)
+        y.mul_(self.ln_weight[idx]).add_(self.ln_bias[idx])
+        if isinstance(self.act, nn.GELU):
+            y = torch.ops.aten.gelu_(y, approximate=self.act.approximate)
+        elif isinstance(self.act, (nn.SiLU, nn.ReLU)):
+            y = self.act.__class__(inplace=True)(y)
+        else:
+            y = self.act(y)
+        return torch.baddbmm(self.b_out[idx], y, self.w_out[idx])
 
     def forward(self, x: Tensor) -> Tensor:
         """x [K, M, C] -> [K, M, C], expert k applied to slice k."""
@@ -216,6 +232,14 @@ class DepthRoutedFusion(nn.Module):
         else:
             self.router = nn.Linear(cfg.dim * k, k)  # eq. 3: ONE linear layer on the concatenated layers
 
+    def route(self, z: Tensor) -> Tensor:
+        """Eq. 3's linear router on the concatenation [z^(1); ...; z^(K)] without building it: z [K, M, C] ->
+        logits [M, K] = sum_k z^(k) W_k^T + b, with W_k the router weight's columns of layer k (one batched matmul
+        instead of a [M, K*C] copy of the layers)."""
+        k, _, c = z.shape
+        w = self.router.weight.view(-1, k, c).permute(1, 2, 0)  # [K layers, C, K outputs]
+        return torch.bmm(z, w).sum(0) + self.router.bias
+
     def ln_bb(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, (self.dim,), eps=self.norm_eps)
 
@@ -238,7 +262,7 @@ class DepthRoutedFusion(nn.Module):
         if self.routing == "cross_attention":
             mixed, w = self.router(self.ln_bb(z_base).reshape(b * n, c), h)
         else:
-            logits = self.router(z.permute(1, 0, 2).reshape(b * n, -1))  # eq. 3: w = R([z^(1); ...; z^(L)])  [M, K]
+            logits = self.route(z)  # eq. 3: w = R([z^(1); ...; z^(L)])  [M, K]
             if self.routing == "energy":
                 # eq. 4: energy-constrained aggregation; weights may be negative.
                 w = logits

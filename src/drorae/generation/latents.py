@@ -42,6 +42,13 @@ STATS_EPS = 1e-5  # RAE: (z - mean) / sqrt(var + 1e-5)
 
 def list_classes(root: str | Path) -> tuple[list[str], list[Path], list[int]]:
     """``(class names, image paths, labels)`` of a ``root/<class>/...`` folder; classes sorted by name."""
+    from ..shards import index_shards, is_shard_spec
+
+    if is_shard_spec(root):
+        members, labels, names = index_shards(root)
+        if any(y is None for y in labels):
+            raise ValueError(f"{root}: shards without class labels (.cls members); shard a folder of class sub-folders")
+        return names or [str(i) for i in range(max(labels) + 1)], members, labels
     root = Path(root)
     paths = list_images(root)
     loose = [p for p in paths if p.parent == root]
