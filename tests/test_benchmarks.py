@@ -142,3 +142,14 @@ def test_dit_benchmark_runs_on_cpu(dit_bench, tmp_path):
         "cfg",
         "autoguidance",
     }
+
+
+def test_data_loading_benchmark_runs_on_a_few_jpegs(tmp_path):
+    spec = importlib.util.spec_from_file_location("data_loading", SCRIPT.parent / "data_loading.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "data.json"
+    results = module.main(["--num", "8", "--size", "64", "48", "--crop", "32", "--workers", "0", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["images"] == 8 and all(v > 0 for v in results["per_worker_img_s"].values())
+    assert results["workers_needed"]["1300 img/s"]["adm-crop+flip"] >= 1

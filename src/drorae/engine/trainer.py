@@ -212,21 +212,25 @@ class BaseTrainer(ABC):
     def _batches(self) -> Iterator[dict]:
         """Endless batches; epochs advance the sampler/dataset seeds; resumes mid-epoch."""
         loop = self.loop
+        workers = self.data.num_workers
+        # One loader for the whole run: its workers persist across epochs (the dataset's epoch reaches them through
+        # shared memory, the sampler is re-iterated in this process at every epoch, from its restored position).
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=loop.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(loop.seed),  # keeps the global RNG untouched
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            drop_last=True,  # every step sees a full batch (an epoch's remainder is left out, as in DiT/timm)
+        )
         while True:
             self.sampler.set_epoch(self.sampler.epoch)
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.sampler.epoch)
-            loader = torch.utils.data.DataLoader(
-                self.dataset,
-                batch_size=loop.batch_size,
-                sampler=self.sampler,
-                num_workers=self.data.num_workers,
-                collate_fn=self.collate_fn,
-                pin_memory=self.device.type == "cuda",
-                generator=torch.Generator().manual_seed(loop.seed),  # keeps the global RNG untouched
-                persistent_workers=False,
-                drop_last=True,  # every step sees a full batch (an epoch's remainder is left out, as in DiT/timm)
-            )
             for batch in loader:
                 self.sampler.advance(batch["num_samples"])
                 self.skips.update(batch)
