@@ -11,12 +11,16 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fusion_overhead.py"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("fusion_overhead", SCRIPT)
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("fusion_overhead")
 
 
 def test_encoder_flops_toy_by_hand(bench):
@@ -103,15 +107,9 @@ def test_toy_run(bench, tmp_path, capsys):
     assert any(line.startswith("| 128 |") for line in lines)  # the ratio summary row
 
 
-DIT_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dit_throughput.py"
-
-
 @pytest.fixture(scope="module")
 def dit_bench():
-    spec = importlib.util.spec_from_file_location("dit_throughput", DIT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("dit_throughput")
 
 
 @pytest.mark.parametrize("preset", ["DiTDH-tiny", "DiT-tiny"])
@@ -145,9 +143,7 @@ def test_dit_benchmark_runs_on_cpu(dit_bench, tmp_path):
 
 
 def test_data_loading_benchmark_runs_on_a_few_jpegs(tmp_path):
-    spec = importlib.util.spec_from_file_location("data_loading", SCRIPT.parent / "data_loading.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("data_loading")
     out = tmp_path / "data.json"
     results = module.main(["--num", "8", "--size", "64", "48", "--crop", "32", "--workers", "0", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))

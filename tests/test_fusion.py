@@ -195,3 +195,16 @@ def test_compiled_fusion_matches_eager_forward_and_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
     with torch.no_grad():
         torch.testing.assert_close(compiled(hidden, z_base).latent, outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_fusion_takes_the_inference_path_and_still_passes_input_gradients():
+    """Phase 3: the fusion is frozen (no parameter needs a gradient) but its input may; both paths agree."""
+    hidden, z_base = make_inputs()
+    f = fusion(L, C, 16)
+    f.requires_grad_(False)
+    frozen = f(hidden, z_base).latent
+    assert not frozen.requires_grad
+    torch.testing.assert_close(frozen, f.requires_grad_(True)(hidden, z_base).latent.detach(), rtol=0, atol=1e-6)
+    x = hidden.clone().requires_grad_(True)
+    f.requires_grad_(False)(x, z_base).latent.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -67,10 +67,15 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = load_adm_image(self.paths[index], self.image_size)
-        if image is None:
-            return {"image": None, "index": index, "skipped": str(self.paths[index])}
-        return {"image": image, "index": index}
+        return adm_item(self.paths[index], index, self.image_size)
+
+
+def adm_item(path, index: int, size: int) -> dict[str, Any]:
+    """A dataset item: ``{"image": uint8 [3, size, size], "index"}``, or ``{"image": None, "skipped": path}``."""
+    image = load_adm_image(path, size)
+    if image is None:
+        return {"image": None, "index": index, "skipped": str(path)}
+    return {"image": image, "index": index}
 
 
 def load_adm_image(path: str | Path, size: int) -> Tensor | None:

@@ -88,8 +88,8 @@ class LayerExperts(nn.Module):
         return lambda x: self._run(x.unsqueeze(0), slice(k % self.num_experts, k % self.num_experts + 1)).squeeze(0)
 
     def _run(self, x: Tensor, idx: slice) -> Tensor:
-        if not torch.is_grad_enabled():  # inference: the same arithmetic with fewer [K, M, h] passes/allocations
-            return self._run_inference(x, idx)
+        if not (torch.is_grad_enabled() and (x.requires_grad or self.w_in.requires_grad)):
+            return self._run_inference(x, idx)  # no graph to record: fewer [K, M, h] passes and allocations
         y = torch.baddbmm(self.b_in[idx], x, self.w_in[idx])  # [K, M, h]
         # per-expert LayerNorm affine in one fused kernel (F.layer_norm's affine is shared across rows)
         y = torch.addcmul(self.ln_bias[idx], F.layer_norm(y, (self.hidden,), eps=self.ln_eps), self.ln_weight[idx])

@@ -76,12 +76,12 @@ class LabeledImageFolder(EpochSeededDataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..evaluation import load_adm_image
+        from ..evaluation import adm_item
 
-        image = load_adm_image(self.paths[index], self.image_size)
-        if image is None:
-            return {"image": None, "index": index, "skipped": str(self.paths[index])}
-        x = image.float() / 255.0
+        item = adm_item(self.paths[index], index, self.image_size)
+        if item["image"] is None:
+            return item
+        x = item["image"].float() / 255.0
         if self.random_flip and torch.rand((), generator=sample_generator(self.seed, self.epoch, index)) < 0.5:
             x = x.flip(-1)
         return {"image": x, "label": self.labels[index], "index": index}
