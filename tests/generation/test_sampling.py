@@ -132,3 +132,11 @@ def test_gfid_with_the_real_inception_network(pipeline, tmp_path):
     report = json.loads((tmp_path / "s" / "eval_gen.json").read_text())
     assert report["metrics"]["gfid"] < 1e-3 and "TF-Inception pool3" in report["features"]
     assert report["notes"]["reference_statistics"].startswith("mu/sigma stored in")
+
+
+def test_sampling_json_records_the_shift_that_was_used(pipeline, tmp_path):
+    from drorae.generation import DiT
+
+    assert main(sample_cli(pipeline, tmp_path / "s", "--num", "3", "--no-png")) == 0
+    summary = json.loads((tmp_path / "s" / "sampling.json").read_text())
+    assert summary["shift"] == DiT.read_extra(pipeline / "run")["shift"] and summary["num"] == 3

@@ -187,8 +187,8 @@ def run_sampling(
         "guide": str(guide_dir) if guide is not None else None,
         "num": n,
         "per_class": per_class,
-        "shift": shift,
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items() if k != "write_png"},
+        "shift": shift,  # the one used (the DiT's training shift unless --shift)
     }
     _check_run(out, run)
     dist.barrier()
