@@ -326,10 +326,11 @@ def fusion_for_backbone(config: FusionConfig, backbone: FrozenBackbone) -> Depth
     return DepthRoutedFusion(replace(cfg, norm_eps=backbone.norm_eps))
 
 
-def fill_from_backbone(config: T, section: str, **values: int) -> T:
-    """A copy of ``config`` with backbone-given sizes filled in; a recorded size that differs is an error."""
+def fill_from_backbone(config: T, section: str, source: str = "the backbone", **values: int) -> T:
+    """A copy of ``config`` with sizes given by ``source`` (the backbone) filled in; a recorded size that differs
+    is an error."""
     for key, value in values.items():
         recorded = getattr(config, key)
         if recorded is not None and recorded != value:
-            raise ConfigError(f"{section}.{key}={recorded} does not match the backbone, which gives {value}")
+            raise ConfigError(f"{section}.{key}={recorded} does not match {source}, which gives {value}")
     return replace(config, **values)

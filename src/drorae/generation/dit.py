@@ -340,11 +340,17 @@ class DiT(nn.Module):
             data["_extra"] = extra
         (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> DiT:
+    @staticmethod
+    def model_dir(directory: str | Path) -> Path:
+        """A DiT directory, or a train-dit run directory (its ``model/``)."""
         directory = Path(directory)
         if (directory / "model" / CONFIG_NAME).is_file() and not (directory / CONFIG_NAME).is_file():
-            directory = directory / "model"  # a train-dit run directory
+            return directory / "model"
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> DiT:
+        directory = cls.model_dir(directory)
         path = directory / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {directory} is not a DiT directory (train-dit's --out/model)")
@@ -357,7 +363,4 @@ class DiT(nn.Module):
 
     @staticmethod
     def read_extra(directory: str | Path) -> dict:
-        directory = Path(directory)
-        if (directory / "model" / CONFIG_NAME).is_file() and not (directory / CONFIG_NAME).is_file():
-            directory = directory / "model"
-        return json.loads((directory / CONFIG_NAME).read_text()).get("_extra", {})
+        return json.loads((DiT.model_dir(directory) / CONFIG_NAME).read_text()).get("_extra", {})

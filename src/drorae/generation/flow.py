@@ -102,7 +102,7 @@ def sample(
     ``step_noise(i)`` gives the SDE's Gaussian increment for step ``i`` (shape of ``noise``); callers pass
     per-sample generators through it so that a sample does not depend on its batch. Default: ``randn_like``.
     """
-    grid = time_grid(config.steps, config.shift, noise.device)
+    grid = time_grid(config.steps, config.shift).tolist()  # Python floats: no device sync per step
     x = noise
     b = noise.shape[0]
     for i in range(config.steps):

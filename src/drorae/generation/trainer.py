@@ -86,13 +86,12 @@ def load_dit_config(path: str | Path | None = None, overrides: list[str] | None 
 
 def fill_dit_config(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int) -> DiTConfig:
     """``cfg`` with the latent's shape and the class count filled in; a recorded value that differs is an error."""
-    values = {"in_channels": latent_shape[0], "input_size": latent_shape[1], "num_classes": num_classes}
-    for key, value in values.items():
-        recorded = getattr(cfg, key)
-        if recorded is not None and recorded != value:
-            source = "the data's class folders" if key == "num_classes" else "the tokenizer's latent"
-            raise ConfigError(f"dit.{key}={recorded} does not match {source}, which gives {value}")
-    return replace(cfg, **values)
+    from ..tokenizer import fill_from_backbone
+
+    cfg = fill_from_backbone(cfg, "dit", "the data's class folders", num_classes=num_classes)
+    return fill_from_backbone(
+        cfg, "dit", "the tokenizer's latent", in_channels=latent_shape[0], input_size=latent_shape[1]
+    )
 
 
 class DiTTrainer(BaseTrainer):
