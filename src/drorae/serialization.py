@@ -14,6 +14,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -29,6 +30,10 @@ class CheckpointKeyError(KeyError):
         return str(self.args[0])
 
 
+class ForeignFileError(ValueError):
+    """An outside file (checkpoint, npz, JSON, image) is corrupt, truncated or not of the expected kind."""
+
+
 def load_safetensors(path: str | Path) -> dict[str, Tensor]:
     """Read a safetensors file, turning a corrupt or truncated file into a clear error."""
     path = Path(path)
@@ -37,7 +42,25 @@ def load_safetensors(path: str | Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"weights file {path} is corrupt or truncated ({path.stat().st_size} bytes): {err}") from None
+        raise ForeignFileError(
+            f"weights file {path} is corrupt, truncated or not safetensors ({path.stat().st_size} bytes): {err}"
+        ) from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> dict:
+    """A JSON object from ``path``; a missing, unreadable or non-JSON file is one clear error naming it."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ForeignFileError(f"{path} is not {what} (not valid UTF-8 JSON: {err})") from None
+    if not isinstance(data, dict):
+        raise ForeignFileError(f"{path} is not {what}: it holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -77,14 +100,63 @@ def load_strict(
     model.load_state_dict(state, strict=False)
 
 
+def load_torch_file(path: str | Path, what: str = "a torch.save checkpoint") -> object:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary objects.
+
+    A garbage, truncated or object-holding file is one :class:`ForeignFileError` naming the file and what was
+    expected; torch's own message is not repeated (it advises ``weights_only=False``, i.e. running the file's code).
+    """
+    import pickle
+    import re
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    size = path.stat().st_size
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise ForeignFileError(
+                f"{path} is not {what}: it holds a {found.group(1)} object, and drorae reads only tensors and plain "
+                "containers from checkpoints (it never runs code stored in a file)"
+            ) from None
+        raise ForeignFileError(f"{path} is not {what}: not a torch.save file ({size} bytes)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError):
+        raise ForeignFileError(f"{path} is not {what}: corrupt or truncated ({size} bytes)") from None
+
+
+def load_npz(path: str | Path, what: str = "an .npz file", keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (only ``keys`` when given, those present), read without pickle."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    size = path.stat().st_size
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ForeignFileError(f"{path} is not {what}: it is a single .npy array, not an .npz archive")
+            return {k: data[k] for k in data.files if keys is None or k in keys}
+    except ForeignFileError:
+        raise
+    except ValueError:  # pickled data (numpy would suggest allow_pickle=True: drorae never does)
+        raise ForeignFileError(f"{path} is not {what}: it is not an .npz of plain arrays ({size} bytes)") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError):
+        raise ForeignFileError(f"{path} is not {what}: corrupt, truncated or not an .npz file ({size} bytes)") from None
+
+
 def read_state_dict(path: Path, key: str | None = None) -> dict[str, Tensor]:
     """A flat tensor state dict from a safetensors or ``torch.save`` file (``key``: a nested entry)."""
     if path.suffix == ".safetensors":
         state = load_safetensors(path)
     else:
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+        state = load_torch_file(path, "a checkpoint of tensors")
+        if not isinstance(state, dict):
+            raise ForeignFileError(f"{path} holds a {type(state).__name__}, not a state dict")
     if key is not None:
         if key not in state:
             raise KeyError(f"checkpoint {path} has no entry {key!r}; top-level keys: {sorted(state)[:10]}")

@@ -1,19 +1,24 @@
 """The stage-2 network: DiT^DH (a DiT trunk + a wide, shallow head) and plain DiT, on a tokenizer's latent.
 
-Paper section 4.2 / appendix A (arXiv 2605.10780) trains DiT^DH-XL, RAE's network, on the 16x16x768 latent.
-Shapes for the latent ``x_t [B, C, H, W]`` (C = 768, H = W = 16 for DINOv2-B at 224 px), patch ``p``
-(1 for DiT^DH), ``N = (H / p) (W / p)`` tokens:
+Paper section 4.2 / appendix A (arXiv 2605.10780) trains DiT^DH-XL, RAE's network (arXiv 2510.11690,
+``DiTwDDTHead``), on the 16x16x768 latent; with a head this module computes exactly that function, and
+without one RAE's ``LightningDiT`` (checked against fixtures made by RAE's own code). Shapes for the latent
+``x_t [B, C, H, W]`` (C = 768, H = W = 16 for DINOv2-B at 224 px), patch ``p`` (1 for DiT^DH),
+``N = (H / p) (W / p)`` tokens, trunk width D, head width D_head:
 
-    c      = SiLU(t_emb(t) + y_emb(y))                      [B, D]    t: Gaussian-Fourier features -> MLP
+    e      = t_emb(t) + y_emb(y)                            [B, D]    t: Gaussian-Fourier features -> MLP
+    c      = SiLU(e)   (DiT^DH)  |  e   (plain DiT)         [B, D]    (i)
     h      = x_embed(x_t) + pos_2d                          [B, N, D] trunk: fixed 2-D sin-cos positions
-    h      = trunk blocks(h, c)  (adaLN-Zero from c)        [B, N, D] every block: RMSNorm, RoPE-2D, SDPA, SwiGLU
-    s      = proj(SiLU(t_emb(t) + h))                       [B, N, D_head]   per-token condition of the head
+    h      = trunk blocks(h, c)                             [B, N, D] every block: RMSNorm, RoPE-2D, SDPA, SwiGLU
+    s      = proj(SiLU(t_emb(t) + h))                       [B, N, D_head]   (ii) per-token condition of the head
     g      = head_embed(x_t)                                [B, N, D_head]   the head re-embeds x_t (no abs. pos.)
-    g      = head blocks(g, s)   (adaLN-Zero from s, per token)
-    v      = Linear(modulate(RMSNorm(g), s)) -> unpatchify  [B, C, H, W]    the predicted velocity
+    g      = head blocks(g, s)                              [B, N, D_head]
+    v      = Linear(modulate(RMSNorm(g), s)) -> unpatchify  [B, C, H, W]     the predicted velocity
 
-Plain DiT (``head_depth = 0``) applies the final layer to the trunk output with the global condition ``c``.
-adaLN modulations and the final linear layer start at zero, so a fresh model outputs 0.
+Every modulation is adaLN-Zero: ``Linear(SiLU(cond))`` (iii). With (i) and (ii) the DiT^DH's conditions are
+already SiLU-activated, so they pass through SiLU twice: that is RAE's network as trained and released, not
+a slip here; plain DiT (``head_depth = 0``) applies its single SiLU in (iii) and the final layer to the trunk
+output with ``c``. adaLN modulations and the final linear layer start at zero, so a fresh model outputs 0.
 
 Labels: ``num_classes`` rows plus one null row (index ``num_classes``) for classifier-free guidance; the
 trainer drops labels to the null class, the model never does (its forward is deterministic).
@@ -31,10 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configuration import ConfigError, apply_preset, config_from_dict, require
-from ..serialization import load_safetensors, load_strict, save_safetensors
+from ..embeddings import sincos_pos_embed_2d
+from ..serialization import load_safetensors, load_strict, read_json, save_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# 2: RAE's function (drorae >= 0.3). 1 (unmarked, drorae 0.2): bare adaLN linears, row-first positions and 128
+# Fourier frequencies, a different network whose weights do not carry over.
+DIT_FORMAT = 2
 
 _HEAD = dict(head_hidden_size=2048, head_depth=2, head_num_heads=16)
 # Trunk sizes are DiT's (S/B/L/XL); DiT^DH adds RAE's wide head; "tiny" runs on a laptop CPU.
@@ -70,7 +79,7 @@ class DiTConfig:
     out_channels: int | None = None  # default: in_channels (a velocity)
     num_classes: int | None = None  # from the data's class folders (ImageNet: 1000); + 1 null row for CFG
     mlp_ratio: float = 4.0  # SwiGLU hidden = int(2/3 * mlp_ratio * D)
-    frequency_size: int = 256  # Gaussian-Fourier features of t
+    frequency_size: int = 256  # Gaussian-Fourier frequencies of t (W has this many; 2x as many features)
     fourier_scale: float = 1.0  # W ~ N(0, fourier_scale^2)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
@@ -108,7 +117,7 @@ class DiTConfig:
         return self.input_size // self.patch_size
 
     def to_dict(self) -> dict:
-        return {"_class_name": "DiT", **asdict(self)}
+        return {"_class_name": "DiT", "_dit_format": DIT_FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> DiTConfig:
@@ -127,21 +136,6 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 def _gate(gate: Tensor) -> Tensor:
     return gate.unsqueeze(1) if gate.ndim == 2 else gate
-
-
-def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
-    """Fixed 2-D sin-cos position embedding [grid*grid, dim] (half the channels per axis, as in MAE/DiT)."""
-    if dim % 4:
-        raise ValueError(f"sin-cos embedding width {dim} must be a multiple of 4")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
-    coords = torch.arange(grid, dtype=torch.float64)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-
-    def axis(pos: Tensor) -> Tensor:
-        angles = pos.reshape(-1, 1) * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([axis(yy), axis(xx)], dim=1).float()
 
 
 class Rope2D(nn.Module):
@@ -195,9 +189,14 @@ class SwiGLU(nn.Module):
         return self.w3(F.silu(gate) * value)
 
 
+def ada_ln(dim: int, chunks: int) -> nn.Sequential:
+    """adaLN modulations ``Linear(SiLU(cond))`` (iii): ``chunks`` vectors of width ``dim`` from a width-``dim`` condition."""
+    return nn.Sequential(nn.SiLU(), nn.Linear(dim, chunks * dim))
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero block: ``x += g1 * Attn(mod(RMSNorm(x), a1, b1)); x += g2 * MLP(mod(RMSNorm(x), a2, b2))``,
-    the six modulations a linear map of the (already SiLU-activated) condition."""
+    the six modulations ``Linear(SiLU(cond))`` in the order shift, scale, gate (attention), shift, scale, gate (MLP)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float):
         super().__init__()
@@ -205,7 +204,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.RMSNorm(dim, eps=eps)
         self.mlp = SwiGLU(dim, int(2 / 3 * mlp_ratio * dim))
-        self.adaLN_modulation = nn.Linear(dim, 6 * dim)
+        self.adaLN_modulation = ada_ln(dim, 6)
 
     def forward(self, x: Tensor, cond: Tensor, rope: Rope2D) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond).chunk(6, dim=-1)
@@ -219,7 +218,7 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch: int, out_channels: int, eps: float):
         super().__init__()
         self.norm = nn.RMSNorm(dim, eps=eps)
-        self.adaLN_modulation = nn.Linear(dim, 2 * dim)
+        self.adaLN_modulation = ada_ln(dim, 2)
         self.linear = nn.Linear(dim, patch * patch * out_channels)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -228,15 +227,16 @@ class FinalLayer(nn.Module):
 
 
 class GaussianFourierTimeEmbedding(nn.Module):
-    """Continuous ``t`` in [0, 1] -> ``[sin(2 pi t W), cos(2 pi t W)]`` (fixed ``W ~ N(0, scale^2)``) -> MLP."""
+    """Continuous ``t`` in [0, 1] -> ``[sin(2 pi t W), cos(2 pi t W)]`` (fixed ``W ~ N(0, scale^2)`` with
+    ``frequency_size`` entries, so ``2 * frequency_size`` features) -> MLP."""
 
     def __init__(self, dim: int, frequency_size: int, scale: float):
         super().__init__()
-        self.register_buffer("W", torch.randn(frequency_size // 2) * scale)  # fixed, saved with the weights
-        self.mlp = nn.Sequential(nn.Linear(frequency_size, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.register_buffer("W", torch.randn(frequency_size) * scale)  # fixed, saved with the weights
+        self.mlp = nn.Sequential(nn.Linear(2 * frequency_size, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        angles = 2 * math.pi * t.float()[:, None] * self.W[None, :]
+        angles = t.float()[:, None] * self.W[None, :] * 2 * math.pi  # RAE's order of the products (same rounding)
         features = torch.cat([angles.sin(), angles.cos()], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
@@ -264,13 +264,13 @@ class DiT(nn.Module):
         self.config = cfg
         d, dh, grid = cfg.hidden_size, cfg.head_hidden_size, cfg.grid_size
         self.x_embedder = PatchEmbed(cfg.in_channels, d, cfg.patch_size)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None], persistent=False)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, cls_token=False)[None], persistent=False)
         self.t_embedder = GaussianFourierTimeEmbedding(d, cfg.frequency_size, cfg.fourier_scale)
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, d)  # row num_classes = null label
         self.rope = Rope2D(d // cfg.num_heads, grid, cfg.rope_theta)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
         if cfg.head_depth:
-            self.s_projector = nn.Linear(d, dh)
+            self.s_projector = nn.Linear(d, dh) if dh != d else nn.Identity()  # RAE: no projection at equal widths
             self.head_embedder = PatchEmbed(cfg.in_channels, dh, cfg.patch_size)
             self.head_rope = Rope2D(dh // cfg.head_num_heads, grid, cfg.rope_theta)
             self.head_blocks = nn.ModuleList(
@@ -284,11 +284,15 @@ class DiT(nn.Module):
         return self.config.num_classes
 
     def initialize_weights(self) -> None:
-        """Xavier linears, normal(0.02) label/time embeddings, zero adaLN and final layer (adaLN-Zero)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        """RAE's initialisation: linears keep PyTorch's default init in DiT^DH (``DiTwDDTHead`` with
+        ``xavier_uniform_init=False``) and are Xavier with zero bias in plain DiT (``LightningDiT``); in both,
+        patch embeddings Xavier on the flattened kernel with zero bias, label table and time-MLP weights
+        normal(0.02), adaLN modulations and the final layer zero (adaLN-Zero)."""
+        if not self.config.head_depth:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
         for embed in [self.x_embedder] + ([self.head_embedder] if self.config.head_depth else []):
             w = embed.proj.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -297,9 +301,9 @@ class DiT(nn.Module):
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
         for block in [*self.blocks, *getattr(self, "head_blocks", [])]:
-            nn.init.zeros_(block.adaLN_modulation.weight)
-            nn.init.zeros_(block.adaLN_modulation.bias)
-        for layer in (self.final_layer.adaLN_modulation, self.final_layer.linear):
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -312,13 +316,15 @@ class DiT(nn.Module):
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """x_t [B, C, H, W], t [B] in [0, 1] (1 = noise), y [B] labels (``null_class`` = unconditional)."""
         t_emb = self.t_embedder(t)
-        c = F.silu(t_emb + self.y_embedder(y))
+        c = t_emb + self.y_embedder(y)
+        if self.config.head_depth:
+            c = F.silu(c)  # (i): RAE's DiT^DH activates the condition here and again in every modulation
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         for block in self.blocks:
             h = block(h, c, self.rope)
         if not self.config.head_depth:
             return self.unpatchify(self.final_layer(h, c))
-        s = self.s_projector(F.silu(t_emb.unsqueeze(1) + h))
+        s = self.s_projector(F.silu(t_emb.unsqueeze(1) + h))  # (ii)
         g = self.head_embedder(x)
         for block in self.head_blocks:
             g = block(g, s, self.head_rope)
@@ -354,13 +360,21 @@ class DiT(nn.Module):
         path = directory / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {directory} is not a DiT directory (train-dit's --out/model)")
-        raw = json.loads(path.read_text())
+        raw = read_json(path, "a DiT config.json")
         if raw.get("_class_name") != "DiT":
             raise ValueError(f"{path} describes a {raw.get('_class_name')!r}, not a DiT")
+        if raw.get("_dit_format", 1) != DIT_FORMAT:
+            raise ValueError(
+                f"{directory} holds a DiT saved by drorae {raw.get('_drorae_version', '<= 0.2')} in network format "
+                f"{raw.get('_dit_format', 1)}, a different function from this version's (format {DIT_FORMAT}, RAE's "
+                "DiTwDDTHead / LightningDiT: SiLU inside every adaLN modulation, column-first positions, 256 Fourier "
+                "frequencies); its weights do not carry over. Retrain it with drorae train-dit, or import RAE's "
+                "released generators with drorae import-rae-dit"
+            )
         model = cls(DiTConfig.from_dict(raw))
         load_strict(model, load_safetensors(directory / WEIGHTS_NAME), source=directory / WEIGHTS_NAME)
         return model.to(map_location)
 
     @staticmethod
     def read_extra(directory: str | Path) -> dict:
-        return json.loads((DiT.model_dir(directory) / CONFIG_NAME).read_text()).get("_extra", {})
+        return read_json(DiT.model_dir(directory) / CONFIG_NAME, "a DiT config.json").get("_extra", {})

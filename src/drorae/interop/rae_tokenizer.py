@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, load_backbone
-from .decoder import RAEDecoder
-from .serialization import (
+from ..backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, load_backbone
+from ..decoder import RAEDecoder
+from ..serialization import (
     CheckpointKeyError,
     convert_rae_decoder_state_dict,
     export_decoder_state_dict,
@@ -31,7 +31,7 @@ from .serialization import (
     load_strict,
     read_state_dict,
 )
-from .tokenizer import DRoRAE
+from ..tokenizer import DRoRAE
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_VERSION = "0.42.1"
