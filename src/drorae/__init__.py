@@ -4,7 +4,7 @@ A frozen pretrained ViT, a depth-routed fusion of all its layers (paper eqs. 2-5
 RAE-compatible ViT decoder; plus training, evaluation and the offline demo.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, load_backbone  # noqa: E402
 from .configuration import ConfigError  # noqa: E402

@@ -31,6 +31,28 @@ def _cmd_import_rae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_rae_dit(args: argparse.Namespace) -> int:
+    from .interop import import_rae_dit, save_rae_dit
+
+    model = import_rae_dit(
+        args.src,
+        num_heads=args.num_heads,
+        head_num_heads=args.head_num_heads,
+        head_depth=args.head_depth,
+        weights=args.weights,
+    )
+    save_rae_dit(model, args.dst, stats=args.stats, tokenizer=args.tokenizer, shift=args.shift)
+    c = model.config
+    kind = f"DiT^DH (trunk {c.hidden_size}x{c.depth}, head {c.head_hidden_size}x{c.head_depth})" if c.head_depth else (
+        f"DiT (trunk {c.hidden_size}x{c.depth})"
+    )
+    print(
+        f"imported {args.src} ({model.imported_from['entry']}) -> {args.dst}: {kind}, {model.parameter_count():,} "
+        f"trainable parameters, latent [{c.in_channels}, {c.input_size}, {c.input_size}], {c.num_classes} classes"
+    )
+    return 0
+
+
 def _cmd_export_rae(args: argparse.Namespace) -> int:
     from .interop import export_rae
     from .tokenizer import DRoRAE
@@ -352,6 +374,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         interval=tuple(args.interval),
         sampler=sampler,
         steps=args.steps,
+        grid=args.grid,
         shift=args.shift,
         seed=args.seed,
         batch_size=args.batch,
@@ -416,6 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference-backbone", action="store_true", help="reference the backbone by path instead of storing it"
     )
     p.set_defaults(func=_cmd_import_rae)
+
+    p = sub.add_parser(
+        "import-rae-dit",
+        help="convert an RAE stage-2 checkpoint (DiTwDDTHead / LightningDiT) into a drorae DiT dir",
+        description="Read RAE's stage-2 checkpoint (torch.save of model/ema/optimizer/scheduler, or a bare state "
+        "dict; .pt or .safetensors; tensors only) and write a DiT directory computing the same function.",
+    )
+    p.add_argument("src", help="RAE stage-2 checkpoint (e.g. stage2_model.pt)")
+    p.add_argument("dst", help="output DiT directory")
+    p.add_argument("--num-heads", type=int, help="trunk heads (default: the matching preset's; XL 16, S 6)")
+    p.add_argument("--head-num-heads", type=int, help="head heads (default: the matching preset's, 16)")
+    p.add_argument("--head-depth", type=int, help="head blocks, only needed when trunk and head are equally wide")
+    p.add_argument("--weights", default="ema", choices=["ema", "model"], help="checkpoint entry (default ema, RAE's)")
+    p.add_argument("--stats", help="RAE's latent statistics (stat.pt) the DiT was trained with: sets the fingerprint")
+    p.add_argument("--tokenizer", help="or: the drorae tokenizer directory whose latents the DiT generates")
+    p.add_argument("--shift", type=float, help="time shift (default sqrt(C*h*w/4096), RAE's)")
+    p.set_defaults(func=_cmd_import_rae_dit)
 
     p = sub.add_parser("export-rae", help="write a DRoRAE dir (fusion off) as a diffusers AutoencoderRAE dir")
     p.add_argument("model", help="DRoRAE directory")
@@ -643,9 +683,23 @@ def _add_generation_parsers(sub) -> None:
         "--interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("T_MIN", "T_MAX"), help="guidance interval"
     )
     p.add_argument(
-        "--sampler", default="ode", choices=["ode", "euler", "heun", "sde"], help="ode = Euler ODE (default)"
+        "--sampler",
+        default="ode",
+        choices=["ode", "euler", "heun", "sde"],
+        help="ode = euler: RAE's Euler ODE (default); heun: RAE's heun2; sde: Euler-Maruyama",
     )
-    p.add_argument("--steps", type=int, default=50, help="integration steps (default 50, RAE's)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=50,
+        help="RAE's num_steps for the ODE samplers: that many grid points from t = 1 to shift(1/1000), so steps - 1 "
+        "integration steps (default 50, RAE's); with --grid to-zero and for sde: integration steps ending at t = 0",
+    )
+    p.add_argument(
+        "--grid",
+        choices=["rae", "to-zero"],
+        help="time grid: rae (default for ode/heun) or to-zero (steps + 1 points ending at t = 0; sde's)",
+    )
     p.add_argument("--shift", type=float, help="time shift (default: the DiT's training shift)")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument(

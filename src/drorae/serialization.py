@@ -108,6 +108,7 @@ def load_torch_file(path: str | Path, what: str = "a torch.save checkpoint") -> 
     """
     import pickle
     import re
+    import warnings
     import zipfile
 
     path = Path(path)
@@ -115,7 +116,9 @@ def load_torch_file(path: str | Path, what: str = "a torch.save checkpoint") -> 
         raise FileNotFoundError(f"{what} {path} not found")
     size = path.stat().st_size
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found:

@@ -65,7 +65,7 @@ def test_loss_decreases_on_a_two_dimensional_mixture():
     first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
     assert last < 0.8 * first, (first, last)
     with torch.no_grad():  # the samples land on the mixture's modes
-        x = sample(lambda x, t: model(x, t, None), torch.randn(512, 2), SamplerConfig("heun", 40))
+        x = sample(lambda x, t, _: model(x, t, None), torch.randn(512, 2), SamplerConfig("heun", 40))
     nearest = torch.cdist(x, centres).min(dim=1).values
     assert nearest.median() < 0.5
 
@@ -102,7 +102,7 @@ def test_sde_sampler_reproduces_the_gaussian_without_nan():
 
 def test_the_shift_is_the_same_in_training_and_sampling():
     s = math.sqrt(16 * 16 * 768 / 4096)
-    grid = time_grid(10, s)
+    grid = time_grid(10, s, "to-zero")
     assert grid[0] == 1 and grid[-1] == 0 and torch.all(grid[1:] < grid[:-1])
     # the sampler's times are the training map applied to a uniform grid
     u = torch.linspace(1, 0, 11, dtype=torch.float64)
@@ -114,6 +114,18 @@ def test_the_shift_is_the_same_in_training_and_sampling():
     )
 
 
+def test_the_default_grid_is_raes_num_steps_points_ending_at_shift_of_one_thousandth():
+    """RAE's ode integrator: ``t = 1 - linspace(0, 1 - 1/1000, N)``, then shifted; N points, N - 1 steps."""
+    s = math.sqrt(16 * 16 * 768 / 4096)
+    grid = time_grid(50, s)
+    assert len(grid) == 50 and grid.dtype == torch.float32 and grid[0] == 1
+    by_hand = [s * u / (1 + (s - 1) * u) for u in (1 - i * 0.999 / 49 for i in range(50))]
+    torch.testing.assert_close(grid.double(), torch.tensor(by_hand, dtype=torch.float64), rtol=0, atol=1e-6)
+    assert abs(float(grid[-1]) - s * 0.001 / (1 + (s - 1) * 0.001)) < 1e-6  # 0.0069, not 0
+    assert SamplerConfig("euler", 50, s).evaluations == 49 and SamplerConfig("heun", 50, s).evaluations == 98
+    assert SamplerConfig("euler", 50, s, "to-zero").evaluations == 50 and SamplerConfig("sde", 50).grid == "to-zero"
+
+
 class LabelNet(torch.nn.Module):
     """A velocity that depends on the label (the null class gives a different field)."""
 
@@ -121,29 +133,48 @@ class LabelNet(torch.nn.Module):
         return gaussian_velocity(MU, SIGMA)(x, t) + 0.3 * y.float()[:, None] * x
 
 
-def test_autoguidance_with_guide_equal_to_main_is_unguided_sampling():
-    model = LabelNet()
-    y = torch.tensor([0, 1, 2, 1])
-    plain = sample(guided_velocity(model, y), _noise(4), SamplerConfig("euler", 10, 2.0))
-    auto = sample(
-        guided_velocity(model, y, "autoguidance", 2.5, guide=model), _noise(4), SamplerConfig("euler", 10, 2.0)
-    )
-    assert torch.equal(plain, auto)
+class GuideNet(LabelNet):
+    """A weaker network: half LabelNet's velocity, plus 0.2."""
+
+    def forward(self, x, t, y):
+        return 0.5 * super().forward(x, t, y) + 0.2
 
 
-def test_cfg_with_scale_one_is_conditional_sampling_and_other_scales_differ():
-    model = LabelNet()
-    y = torch.tensor([0, 1, 2, 1])
-    cond = sample(guided_velocity(model, y), _noise(4), SamplerConfig("heun", 10, 2.0))
-    cfg1 = sample(guided_velocity(model, y, "cfg", 1.0, null_class=5), _noise(4), SamplerConfig("heun", 10, 2.0))
-    torch.testing.assert_close(cfg1, cond, rtol=0, atol=1e-5)
-    cfg3 = sample(guided_velocity(model, y, "cfg", 3.0, null_class=5), _noise(4), SamplerConfig("heun", 10, 2.0))
-    assert (cfg3 - cond).abs().max() > 0.1
-    # outside the interval CFG is conditional (Euler never evaluates t = 0, so [0, 0] is never active)
-    euler = SamplerConfig("euler", 10, 2.0)
-    cond_euler = sample(guided_velocity(model, y), _noise(4), euler)
-    outside = sample(guided_velocity(model, y, "cfg", 3.0, interval=(0.0, 0.0), null_class=5), _noise(4), euler)
-    assert torch.equal(outside, cond_euler)
+def _labelnet_by_hand(x, t, y):
+    """LabelNet's velocity written out from the Gaussian formula (independent of gaussian_velocity)."""
+    tt = t[:, None]
+    a = 1 - tt
+    var = a**2 * SIGMA**2 + tt**2
+    centred = x - a * MU
+    return tt * centred / var - (MU + a * SIGMA**2 * centred / var) + 0.3 * y.float()[:, None] * x
+
+
+def test_guided_velocities_are_the_formulas_inside_the_interval_and_conditional_outside():
+    model, guide = LabelNet(), GuideNet()
+    x, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 2, 1])
+    null = torch.full_like(y, 5)
+    for t_value, inside in ((0.5, True), (0.9, False), (0.2, True), (0.1, False)):
+        t = torch.full((4,), t_value)
+        v_c, v_u = _labelnet_by_hand(x, t, y), _labelnet_by_hand(x, t, null)
+        v_g = _labelnet_by_hand(x, t, y) * 0.5 + 0.2  # GuideNet by hand
+        cfg = guided_velocity(model, y, "cfg", 3.0, interval=(0.2, 0.5), null_class=5)(x, t, t_value)
+        ag = guided_velocity(model, y, "autoguidance", 1.7, interval=(0.2, 0.5), guide=guide)(x, t, t_value)
+        torch.testing.assert_close(cfg, v_u + 3.0 * (v_c - v_u) if inside else v_c, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ag, v_g + 1.7 * (v_c - v_g) if inside else v_c, rtol=0, atol=1e-5)
+    assert (v_u + 3.0 * (v_c - v_u) - v_c).abs().max() > 0.1  # the two branches are far apart
+
+
+def test_guided_sampling_integrates_the_guided_velocity():
+    """A whole Euler run with CFG equals Euler steps of the hand-written guided velocity on RAE's grid."""
+    model, y = LabelNet(), torch.tensor([0, 1, 2, 1])
+    config = SamplerConfig("euler", 8, 2.0)
+    got = sample(guided_velocity(model, y, "cfg", 2.5, interval=(0.3, 0.8), null_class=5), _noise(4), config)
+    x, grid = _noise(4), time_grid(8, 2.0).tolist()
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        tb = torch.full((4,), t)
+        v_c, v_u = _labelnet_by_hand(x, tb, y), _labelnet_by_hand(x, tb, torch.full_like(y, 5))
+        x = x + (t_next - t) * (v_u + 2.5 * (v_c - v_u) if 0.3 <= t <= 0.8 else v_c)
+    torch.testing.assert_close(got, x, rtol=0, atol=1e-5)
 
 
 def test_autoguidance_runs_each_network_once_per_sample():
@@ -162,6 +193,6 @@ def test_autoguidance_runs_each_network_once_per_sample():
     sample(
         guided_velocity(Counting("main"), y, "autoguidance", 1.5, guide=Counting("guide")),
         _noise(3),
-        SamplerConfig("euler", 4),
+        SamplerConfig("euler", 5),
     )
-    assert calls == [("main", 3), ("guide", 3)] * 4
+    assert calls == [("main", 3), ("guide", 3)] * 4  # RAE's grid: 5 points, 4 steps

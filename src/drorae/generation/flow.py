@@ -7,14 +7,19 @@ Training times: ``t ~ logit-normal(0, 1)`` (or uniform), then the dimension-depe
 
 and the *same* shift maps the sampling grid (:func:`time_grid`), so training and sampling see the same times.
 
-Samplers integrate from t = 1 to t = 0 on that grid:
+Samplers integrate from t = 1 towards 0 on a grid of shifted times:
 
-* ``euler`` / ``heun``: the probability-flow ODE ``dx = v dt``;
-* ``sde``: Euler-Maruyama on the reverse SDE with the same marginals,
+* ``euler`` / ``heun``: the probability-flow ODE ``dx = v dt``. On the default ``rae`` grid ``steps`` is RAE's
+  ``num_steps``: ``steps`` points ``t_i = shift(1 - i (1 - 1/1000) / (steps - 1))`` from 1 to shift(1/1000), so
+  ``steps - 1`` Euler (or Heun, two evaluations each) steps and no step to t = 0, computed in float32 as RAE's
+  ``sample_ode(sampling_method="euler" | "heun2", num_steps=steps)`` computes it. The ``to-zero`` grid instead takes
+  ``steps`` steps over ``steps + 1`` points ending at t = 0;
+* ``sde``: Euler-Maruyama on the reverse SDE with the same marginals (always on the ``to-zero`` grid),
   ``dx = [v - (g^2 / 2) score] dt + g dW``, with ``g^2 = 2 t`` and ``score = -eps_hat / t``, so that
   ``(g^2 / 2) score = -eps_hat = -(x + (1 - t) v)``: no division by t, a diffusion coefficient
   ``sqrt(2 t |dt|)`` that is never negative, and a last step to t = 0 without noise (it lands on
-  ``x0_hat = x - t v``) taken at the shifted time like every other step.
+  ``x0_hat = x - t v``) taken at the shifted time like every other step. (RAE's own SDE sampler does not run
+  with its defaults, so there is no RAE reference to match here.)
 
 Guidance wraps the velocity: CFG ``v_u + w (v_c - v_u)`` (inside ``[t_min, t_max]``, conditional elsewhere);
 AutoGuidance ``v_guide + w (v_main - v_guide)`` with both networks conditional, each run once per sample.
@@ -29,10 +34,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t [B, ...], t [B]) -> v [B, ...]
+# (x_t [B, ...], t [B], the same t as a Python float) -> v [B, ...]. Every sample of a step shares one time; the
+# float lets guidance test its interval without reading the tensor back from the device (a sync per step).
+VelocityFn = Callable[[Tensor, Tensor, float], Tensor]
 
 TIME_DISTRIBUTIONS = ("logit-normal", "uniform")
 SAMPLERS = ("euler", "heun", "sde")
+GRIDS = ("rae", "to-zero")
+RAE_T_END = 1 / 1000  # RAE's ODE stops at shift(1 - (1 - 1/1000)) = shift(1/1000)
 GUIDANCE = ("none", "cfg", "autoguidance")
 
 
@@ -70,24 +79,46 @@ def flow_matching_loss(model: nn.Module, x: Tensor, noise: Tensor, t: Tensor, y:
     return (model(x_t, t, y).float() - target.float()).pow(2).mean()
 
 
-def time_grid(steps: int, shift: float, device: torch.device | str = "cpu") -> Tensor:
-    """``steps + 1`` times from 1 to 0: uniform, then shifted exactly as the training times are."""
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
-    return shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).to(device)
+def time_grid(steps: int, shift: float, grid: str = "rae") -> Tensor:
+    """The sampling times from 1 downwards, shifted exactly as the training times are.
+
+    ``rae``: ``steps`` points from 1 to shift(1/1000), in float32 as RAE's ``ode`` integrator builds them;
+    ``to-zero``: ``steps + 1`` points from 1 to 0 (float64).
+    """
+    if grid == "rae":
+        if steps < 2:
+            raise ValueError(f"--steps must be >= 2 on RAE's grid (it counts grid points), got {steps}")
+        return shift_time(1 - torch.linspace(0, 1 - RAE_T_END, steps), shift)
+    if grid == "to-zero":
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        return shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+    raise ValueError(f"grid {grid!r} is not one of {GRIDS}")
 
 
 @dataclass
 class SamplerConfig:
     sampler: str = "euler"  # euler | heun (ODE) | sde (Euler-Maruyama)
-    steps: int = 50
+    steps: int = 50  # rae grid: grid points (RAE's num_steps); to-zero grid: steps
     shift: float = 1.0
+    grid: str | None = None  # None: rae for the ODE samplers, to-zero for sde
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.grid is None:
+            self.grid = "to-zero" if self.sampler == "sde" else "rae"
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid {self.grid!r} is not one of {GRIDS}")
+        if self.sampler == "sde" and self.grid != "to-zero":
+            raise ValueError("the sde sampler ends with a noise-free step to t = 0: it needs grid='to-zero'")
+        time_grid(self.steps, self.shift, self.grid)  # validates steps
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per sample (before guidance doubles any)."""
+        steps = self.steps - 1 if self.grid == "rae" else self.steps
+        return 2 * steps if self.sampler == "heun" else steps
 
 
 @torch.no_grad()
@@ -97,33 +128,34 @@ def sample(
     config: SamplerConfig,
     step_noise: Callable[[int], Tensor] | None = None,
 ) -> Tensor:
-    """Integrate from ``noise`` (t = 1) to t = 0 and return ``x_0``.
+    """Integrate from ``noise`` (t = 1) along ``config``'s grid and return the last point (``x_0``).
 
     ``step_noise(i)`` gives the SDE's Gaussian increment for step ``i`` (shape of ``noise``); callers pass
     per-sample generators through it so that a sample does not depend on its batch. Default: ``randn_like``.
     """
-    grid = time_grid(config.steps, config.shift).tolist()  # Python floats: no device sync per step
+    grid = time_grid(config.steps, config.shift, config.grid).tolist()  # Python floats: no device sync per step
     x = noise
     b = noise.shape[0]
-    for i in range(config.steps):
+    last = len(grid) - 2
+    for i in range(len(grid) - 1):
         t, t_next = grid[i], grid[i + 1]
-        dt = float(t_next - t)  # negative
+        dt = t_next - t  # negative; exact in float64 for float32 grid points, as RAE's float32 difference
         tb = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
-        v = velocity(x, tb)
+        v = velocity(x, tb, t)
         if config.sampler == "euler":
             x = x + dt * v
         elif config.sampler == "heun":
             x_pred = x + dt * v
-            v_next = velocity(x_pred, torch.full_like(tb, float(t_next)))
-            x = x + dt * 0.5 * (v + v_next)
+            v_next = velocity(x_pred, torch.full_like(tb, t_next), t_next)
+            x = x + dt * (0.5 * v + 0.5 * v_next)  # torchdiffeq's heun2 (RAE's): b = (1/2, 1/2)
         else:  # sde
-            if i == config.steps - 1:  # last step to t = 0: deterministic, lands on x0_hat = x - t v
+            if i == last:  # last step to t = 0: deterministic, lands on x0_hat = x - t v
                 x = x + dt * v
                 continue
-            eps_hat = x + (1 - float(t)) * v
+            eps_hat = x + (1 - t) * v
             drift = v + eps_hat  # v - (g^2 / 2) * score with g^2 = 2 t, score = -eps_hat / t
             z = step_noise(i) if step_noise is not None else torch.randn_like(x)
-            x = x + dt * drift + math.sqrt(2.0 * float(t) * -dt) * z
+            x = x + dt * drift + math.sqrt(2.0 * t * -dt) * z
     return x
 
 
@@ -161,8 +193,8 @@ def guided_velocity(
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"guidance interval [{lo}, {hi}] must satisfy 0 <= t_min <= t_max <= 1")
 
-    def velocity(x: Tensor, t: Tensor) -> Tensor:
-        active = guidance != "none" and in_interval(float(t[0]), interval)
+    def velocity(x: Tensor, t: Tensor, t_value: float) -> Tensor:
+        active = guidance != "none" and in_interval(t_value, interval)
         if not active:
             return model(x, t, labels)
         if guidance == "cfg":
@@ -185,7 +217,7 @@ def gaussian_velocity(mu: Tensor, sigma: Tensor) -> VelocityFn:
     ``E[eps | x_t] = t (x_t - a mu) / var``.
     """
 
-    def velocity(x: Tensor, t: Tensor) -> Tensor:
+    def velocity(x: Tensor, t: Tensor, t_value: float | None = None) -> Tensor:
         tt = t.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         a = 1 - tt
         var = a**2 * sigma**2 + tt**2

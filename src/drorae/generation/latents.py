@@ -169,12 +169,20 @@ def raw_latents(tokenizer, images: Tensor) -> Tensor:
 def stats_fingerprint(tokenizer) -> str:
     """A short hash of how a tokenizer turns images into latents (fusion switch + normalisation buffers), so a
     latent cache or a DiT trained on one set of statistics is not used with another."""
-    digest = hashlib.sha256()
     cfg = tokenizer.config
-    digest.update(json.dumps([cfg.fusion_enabled, cfg.latent_norm, cfg.latent_std_eps, cfg.scaling_factor]).encode())
-    if cfg.latent_norm:
-        for name in ("latent_mean", "latent_std"):
-            digest.update(getattr(tokenizer, name).detach().float().cpu().contiguous().numpy().tobytes())
+    stats = (tokenizer.latent_mean, tokenizer.latent_std) if cfg.latent_norm else None
+    return latent_fingerprint(cfg.fusion_enabled, cfg.latent_std_eps, cfg.scaling_factor, stats)
+
+
+def latent_fingerprint(
+    fusion_enabled: bool, std_eps: float, scaling_factor: float, stats: tuple[Tensor, Tensor] | None
+) -> str:
+    """:func:`stats_fingerprint` from its parts (``stats``: the (mean, std) buffers, ``None`` without normalisation),
+    for a DiT whose tokenizer is not at hand (``drorae import-rae-dit --stats``)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([fusion_enabled, stats is not None, std_eps, scaling_factor]).encode())
+    for value in stats or ():
+        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -68,7 +68,8 @@ class SampleSettings:
     scale: float = 1.0
     interval: tuple[float, float] = (0.0, 1.0)
     sampler: str = "euler"
-    steps: int = 50
+    steps: int = 50  # RAE's num_steps on the rae grid (steps - 1 Euler steps)
+    grid: str | None = None  # None: rae (ODE) / to-zero (sde)
     shift: float | None = None  # None: the DiT's training shift
     seed: int = 0
     batch_size: int = 64
@@ -128,9 +129,9 @@ def generate(
     )
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         x = sample(
-            lambda x, t: velocity(x, t).float(),
+            lambda x, t, t_value: velocity(x, t, t_value).float(),
             noise,
-            SamplerConfig(settings.sampler, settings.steps, shift),
+            SamplerConfig(settings.sampler, settings.steps, shift, settings.grid),
             step_noise=gens.randn,
         )
         return tokenizer.decode(x).float()
@@ -189,6 +190,7 @@ def run_sampling(
         "per_class": per_class,
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items() if k != "write_png"},
         "shift": shift,  # the one used (the DiT's training shift unless --shift)
+        "grid": SamplerConfig(s.sampler, s.steps, shift, s.grid).grid,  # the one used (validates the settings)
     }
     _check_run(out, run)
     dist.barrier()

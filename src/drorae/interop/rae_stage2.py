@@ -50,7 +50,7 @@ def read_rae_stage2_checkpoint(path: str | Path, weights: str = "ema") -> tuple[
         entry = weights if isinstance(obj.get(weights), dict) else ("model" if weights == "ema" else None)
         if entry is None:
             raise ForeignFileError(f"{path} has no {weights!r} entry (top-level keys: {sorted(obj)})")
-        obj, source = obj[entry], f"{entry!r} entry"
+        obj, source = obj[entry], entry
     bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if bad:
         raise ForeignFileError(f"{path}: {source} is not a tensor state dict (entries {sorted(bad)[:5]} are not tensors)")
@@ -210,16 +210,65 @@ def import_rae_dit(
 ) -> DiT:
     """A drorae :class:`DiT` computing exactly the network of RAE's checkpoint ``src`` (see the module docstring)."""
     state, entry = read_rae_stage2_checkpoint(src, weights)
-    source = f"{src} ({entry})"
+    source = f"{src} ({entry})" if entry == "state dict" else f"{src} (its {entry!r} weights)"
     cfg = infer_rae_dit_config(state, num_heads, head_num_heads, head_depth, source=source)
     model = DiT(cfg)
     load_strict(model, convert_rae_dit_state_dict(state, model, source), source=source)
+    model.imported_from = {"file": str(src), "entry": entry}  # recorded by save_rae_dit
     return model.eval()
+
+
+def rae_stats_fingerprint(stats: str | Path) -> str:
+    """The latent fingerprint of a tokenizer made by ``drorae import-rae DECODER --stats stats`` (fusion off,
+    RAE's normalisation ``(z - mean) / sqrt(var + 1e-5)``, scaling 1), without building that tokenizer."""
+    from ..generation.latents import latent_fingerprint
+    from ..tokenizer import DRoRAEConfig
+    from .rae_tokenizer import read_rae_stats
+
+    mean, std = torch.broadcast_tensors(*read_rae_stats(Path(stats)))
+    return latent_fingerprint(False, 0.0, DRoRAEConfig().scaling_factor, (mean, std))
+
+
+def save_rae_dit(
+    model: DiT,
+    out: str | Path,
+    *,
+    stats: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    shift: float | None = None,
+) -> Path:
+    """Write ``model`` as a DiT directory whose ``config.json`` carries what ``drorae sample`` reads: the time
+    shift (default RAE's ``sqrt(C h w / 4096)``) and, given RAE's ``stats`` file or a drorae ``tokenizer``
+    directory, the latent fingerprint that the tokenizer it goes with must match."""
+    from ..generation.flow import dimension_shift
+    from ..generation.latents import stats_fingerprint
+
+    if stats is not None and tokenizer is not None:
+        raise ValueError("give --stats or --tokenizer, not both (either one fixes the latent fingerprint)")
+    cfg = model.config
+    shape = [cfg.in_channels, cfg.input_size, cfg.input_size]
+    fingerprint = None
+    if stats is not None:
+        fingerprint = rae_stats_fingerprint(stats)
+    elif tokenizer is not None:
+        from ..tokenizer import DRoRAE
+
+        fingerprint = stats_fingerprint(DRoRAE.from_pretrained(tokenizer))
+    extra = {
+        "imported_from": getattr(model, "imported_from", None),
+        "fingerprint": fingerprint,
+        "latent_shape": shape,
+        "shift": float(shift) if shift is not None else dimension_shift(shape[0] * shape[1] * shape[2]),
+    }
+    model.save_pretrained(out, extra=extra)
+    return Path(out)
 
 
 __all__ = [
     "convert_rae_dit_state_dict",
     "import_rae_dit",
     "infer_rae_dit_config",
+    "rae_stats_fingerprint",
     "read_rae_stage2_checkpoint",
+    "save_rae_dit",
 ]

@@ -143,7 +143,7 @@ def _import_diffusers(directory: Path) -> DRoRAE:
     return tok
 
 
-def _read_rae_stats(path: Path) -> tuple[Tensor, Tensor]:
+def read_rae_stats(path: Path) -> tuple[Tensor, Tensor]:
     """RAE's latent statistics: {'mean', 'var'} (or 'std'); returns (mean, sqrt(var + 1e-5))."""
     stats = read_state_dict(path)
     if "mean" not in stats or not ({"var", "std"} & set(stats)):
@@ -197,7 +197,7 @@ def import_rae(
     load_strict(decoder, convert_rae_decoder_state_dict(state, "rae"), source=src)
     tok = DRoRAE(bb, decoder, fusion=None)
     if stats is not None:
-        mean, std = _read_rae_stats(Path(stats))
+        mean, std = read_rae_stats(Path(stats))
         tok.set_latent_stats(mean, std, eps=0.0)
     return tok
 
