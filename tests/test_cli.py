@@ -9,6 +9,7 @@ from drorae.cli import build_parser, main
 
 COMMANDS = [
     "import-rae",
+    "import-rae-dit",
     "export-rae",
     "info",
     "reconstruct",

