@@ -191,7 +191,9 @@ def test_ref_npz_without_statistics_uses_the_users_inception_file(tiny_model_dir
     real, fake = metrics.FeatureStats(), metrics.FeatureStats()
     with torch.no_grad():
         real.update(net(torch.from_numpy(ref).permute(0, 3, 1, 2).float() / 255))
-        fake.update(net(torch.from_numpy(_npz(tmp_path / "e" / "reconstructions.npz")).permute(0, 3, 1, 2).float() / 255))
+        fake.update(
+            net(torch.from_numpy(_npz(tmp_path / "e" / "reconstructions.npz")).permute(0, 3, 1, 2).float() / 255)
+        )
     expected = metrics.frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
     assert report["metrics"]["rfid"] == pytest.approx(expected, rel=1e-4)
     assert "computed from its arr_0" in report["notes"]["rfid"]

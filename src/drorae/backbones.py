@@ -14,7 +14,6 @@ exactly as RAE and diffusers' ``AutoencoderRAE`` do, so imported RAE models enco
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +240,9 @@ def _read_norm_stats(directory: str) -> tuple[tuple | None, tuple | None]:
     pp = Path(directory) / "preprocessor_config.json"
     if not pp.is_file():
         return None, None
-    cfg = json.loads(pp.read_text())
+    from .serialization import read_json
+
+    cfg = read_json(pp, "a preprocessor_config.json")
     mean, std = cfg.get("image_mean"), cfg.get("image_std")
     return (tuple(mean) if mean else None), (tuple(std) if std else None)
 

@@ -45,8 +45,10 @@ def _cmd_import_rae_dit(args: argparse.Namespace) -> int:
     c = model.config
     entry = model.imported_from["entry"]
     entry = f"its {entry!r} weights" if entry != "state dict" else "a bare state dict"
-    kind = f"DiT^DH (trunk {c.hidden_size}x{c.depth}, head {c.head_hidden_size}x{c.head_depth})" if c.head_depth else (
-        f"DiT (trunk {c.hidden_size}x{c.depth})"
+    kind = (
+        f"DiT^DH (trunk {c.hidden_size}x{c.depth}, head {c.head_hidden_size}x{c.head_depth})"
+        if c.head_depth
+        else (f"DiT (trunk {c.hidden_size}x{c.depth})")
     )
     print(
         f"imported {args.src} ({entry}) -> {args.dst}: {kind}, {model.parameter_count():,} "

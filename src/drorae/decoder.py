@@ -84,8 +84,6 @@ class DecoderConfig:
         return config_from_dict(cls, data, "decoder")
 
 
-
-
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()

@@ -31,7 +31,14 @@ from torch import Tensor
 
 from .data import collate_skipping, list_images, load_rgb
 from .metrics import FeatureStats, frechet_distance, psnr
-from .serialization import ForeignFileError, load_npz, load_safetensors, npz_files, save_safetensors
+from .serialization import (
+    ForeignFileError,
+    load_npz,
+    load_safetensors,
+    npz_array_header,
+    npz_files,
+    save_safetensors,
+)
 
 SHARD_DIR = "shards"
 NPZ_NAME = "reconstructions.npz"
@@ -244,7 +251,13 @@ def evaluate(
     report = None
     if dist.is_main:
         report = merge_shards(
-            out, num_shards, scorers.notes or {}, ref_npz, image_size=size, inception=scorers.inception, device=dist.device
+            out,
+            num_shards,
+            scorers.notes or {},
+            ref_npz,
+            image_size=size,
+            inception=scorers.inception,
+            device=dist.device,
         )
         with np.load(out / NPZ_NAME, allow_pickle=False) as npz:
             report["figure"] = write_sample_grid(out, dataset, npz["arr_0"])
@@ -286,6 +299,13 @@ def check_ref_npz(path: str | Path) -> None:
     names = set(npz_files(path, REF_NPZ))
     if "arr_0" not in names and not {"mu", "sigma"} <= names:
         raise ForeignFileError(f"{path} is not {REF_NPZ}: it holds {sorted(names)}")
+    for name in names & {"arr_0", "mu", "sigma"}:
+        shape, dtype = npz_array_header(path, name, REF_NPZ)
+        if (name == "arr_0" and (dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3)) or dtype.hasobject:
+            raise ForeignFileError(
+                f"{path} is not {REF_NPZ}: its {name} is {dtype} {list(shape)}"
+                + (", expected uint8 [N, H, W, 3]" if name == "arr_0" else "")
+            )
 
 
 def load_ref_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -136,6 +136,20 @@ def npz_files(path: str | Path, what: str = "an .npz file") -> list[str]:
     return list(load_npz(path, what, keys=(), _names=True))
 
 
+def npz_array_header(path: str | Path, name: str, what: str = "an .npz file") -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of member ``name`` of an ``.npz``, read from its header alone (no data, no pickle)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError):
+        raise ForeignFileError(f"{path} is not {what}: its {name} is missing or unreadable") from None
+    return tuple(shape), dtype
+
+
 def load_npz(
     path: str | Path, what: str = "an .npz file", keys: tuple[str, ...] | None = None, _names: bool = False
 ) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_bac
 from .configuration import ConfigError, config_from_dict
 from .decoder import DecoderConfig, RAEDecoder
 from .fusion import DepthRoutedFusion, FusionConfig, FusionOutput
-from .serialization import load_safetensors, load_strict, save_safetensors
+from .serialization import load_safetensors, load_strict, read_json, save_safetensors
 
 T = TypeVar("T")
 
@@ -302,10 +302,7 @@ class DRoRAE(nn.Module):
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: {directory} is not a DRoRAE save_pretrained directory")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
+        raw = read_json(cfg_path, "a DRoRAE config.json")
         if raw.get("_class_name") != "DRoRAE":
             raise ValueError(
                 f"{cfg_path} describes a {raw.get('_class_name')!r}, not a DRoRAE "

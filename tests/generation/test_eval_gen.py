@@ -82,7 +82,8 @@ def test_without_the_weights_is_and_kid_are_null_with_the_reason(tokenizer_dir, 
 
 
 def test_backbone_features_against_a_mu_sigma_only_reference_is_a_clear_error(tokenizer_dir, tmp_path, capsys):
-    """Such a reference (ADM's statistics) is in Inception's feature space: it was reaching FeatureStats.update(None)."""
+    """Such a reference (ADM's statistics) lives in Inception's feature space; it was reaching
+    FeatureStats.update(None)."""
     np.savez(tmp_path / "s.npz", arr_0=_images(0))
     np.savez(tmp_path / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048)[:4, :4])
     code = main(

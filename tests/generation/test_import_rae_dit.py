@@ -31,8 +31,10 @@ def rae_files(tmp_path_factory):
     )
     torch.save(export_decoder_state_dict(randomize(RAEDecoder(cfg), 3), layout="rae", prefix=""), root / "decoder.pt")
     g = torch.Generator().manual_seed(0)
-    torch.save({"mean": torch.randn(1, 8, 4, 4, generator=g) * 0.1, "var": torch.rand(1, 8, 4, 4, generator=g) + 0.5},
-               root / "stat.pt")
+    torch.save(
+        {"mean": torch.randn(1, 8, 4, 4, generator=g) * 0.1, "var": torch.rand(1, 8, 4, 4, generator=g) + 0.5},
+        root / "stat.pt",
+    )
     return root
 
 
@@ -115,13 +117,43 @@ def test_rae_generators_end_to_end_on_cpu(rae_files, tmp_path, capsys):
     sample with AutoGuidance 1.42 on RAE's grid, eval-gen."""
     r = rae_files
     steps = [
-        ["import-rae", r / "decoder.pt", tmp_path / "tok", "--backbone", r / "backbone", "--stats", r / "stat.pt",
-         "--input-size", "32", "--num-heads", "2"],
+        [
+            "import-rae",
+            r / "decoder.pt",
+            tmp_path / "tok",
+            "--backbone",
+            r / "backbone",
+            "--stats",
+            r / "stat.pt",
+            "--input-size",
+            "32",
+            "--num-heads",
+            "2",
+        ],
         ["import-rae-dit", FIXTURE / "ddt.pt", tmp_path / "dit", *HEADS, "--stats", r / "stat.pt"],
         ["import-rae-dit", FIXTURE / "guide.pt", tmp_path / "guide", *HEADS, "--stats", r / "stat.pt"],
-        ["sample", "--dit", tmp_path / "dit", "--tokenizer", tmp_path / "tok", "--guide", tmp_path / "guide",
-         "--guidance", "autoguidance", "--scale", "1.42", "--per-class", "2", "--steps", "6", "--no-png",
-         "--out", tmp_path / "samples", "--device", "cpu"],
+        [
+            "sample",
+            "--dit",
+            tmp_path / "dit",
+            "--tokenizer",
+            tmp_path / "tok",
+            "--guide",
+            tmp_path / "guide",
+            "--guidance",
+            "autoguidance",
+            "--scale",
+            "1.42",
+            "--per-class",
+            "2",
+            "--steps",
+            "6",
+            "--no-png",
+            "--out",
+            tmp_path / "samples",
+            "--device",
+            "cpu",
+        ],
     ]
     for args in steps:
         code, _, err = _run(args, capsys)
@@ -129,15 +161,27 @@ def test_rae_generators_end_to_end_on_cpu(rae_files, tmp_path, capsys):
     from drorae import DRoRAE
     from drorae.generation.latents import stats_fingerprint
 
-    assert DiT.read_extra(tmp_path / "dit")["fingerprint"] == stats_fingerprint(DRoRAE.from_pretrained(tmp_path / "tok"))
+    assert DiT.read_extra(tmp_path / "dit")["fingerprint"] == stats_fingerprint(
+        DRoRAE.from_pretrained(tmp_path / "tok")
+    )
     with np.load(tmp_path / "samples" / "samples.npz") as npz:
         assert npz["arr_0"].shape == (20, 32, 32, 3) and npz["arr_0"].dtype == np.uint8
         assert sorted(np.bincount(npz["arr_1"]).tolist()) == [2] * 10
     run = json.loads((tmp_path / "samples" / "sampling.json").read_text())
     assert run["grid"] == "rae" and run["guidance"] == "autoguidance"
     code, out, err = _run(
-        ["eval-gen", tmp_path / "samples" / "samples.npz", "--ref", tmp_path / "samples" / "samples.npz",
-         "--features", "backbone", "--tokenizer", tmp_path / "tok", "--device", "cpu"],
+        [
+            "eval-gen",
+            tmp_path / "samples" / "samples.npz",
+            "--ref",
+            tmp_path / "samples" / "samples.npz",
+            "--features",
+            "backbone",
+            "--tokenizer",
+            tmp_path / "tok",
+            "--device",
+            "cpu",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -149,11 +193,29 @@ def test_rae_generators_end_to_end_on_cpu(rae_files, tmp_path, capsys):
     other = torch.load(tmp_path / "other.pt", weights_only=True)
     other["mean"] += 1
     torch.save(other, tmp_path / "other.pt")
-    assert _run(["import-rae-dit", FIXTURE / "ddt.pt", tmp_path / "dit2", *HEADS, "--stats", tmp_path / "other.pt"],
-                capsys)[0] == 0
+    assert (
+        _run(
+            ["import-rae-dit", FIXTURE / "ddt.pt", tmp_path / "dit2", *HEADS, "--stats", tmp_path / "other.pt"], capsys
+        )[0]
+        == 0
+    )
     code, _, err = _run(
-        ["sample", "--dit", tmp_path / "dit2", "--tokenizer", tmp_path / "tok", "--per-class", "1", "--steps", "3",
-         "--no-png", "--out", tmp_path / "s2", "--device", "cpu"],
+        [
+            "sample",
+            "--dit",
+            tmp_path / "dit2",
+            "--tokenizer",
+            tmp_path / "tok",
+            "--per-class",
+            "1",
+            "--steps",
+            "3",
+            "--no-png",
+            "--out",
+            tmp_path / "s2",
+            "--device",
+            "cpu",
+        ],
         capsys,
     )
     assert code == 2 and "fingerprint" in err

@@ -104,8 +104,10 @@ def test_raes_initialisation_zeroes_the_same_tensors():
     biases, plain DiT (LightningDiT) Xavier weights with zero biases."""
     for kind, cfg in (
         ("ddt", DiTConfig(hidden_size=32, depth=2, num_heads=2, head_hidden_size=48, head_depth=1, head_num_heads=2)),
-        ("lightning", DiTConfig(hidden_size=32, depth=2, num_heads=2, head_hidden_size=0, head_depth=0,
-                                head_num_heads=0)),
+        (
+            "lightning",
+            DiTConfig(hidden_size=32, depth=2, num_heads=2, head_hidden_size=0, head_depth=0, head_num_heads=0),
+        ),
     ):
         cfg.in_channels, cfg.input_size, cfg.num_classes = 8, 4, 10
         torch.manual_seed(0)

@@ -190,7 +190,7 @@ class SwiGLU(nn.Module):
 
 
 def ada_ln(dim: int, chunks: int) -> nn.Sequential:
-    """adaLN modulations ``Linear(SiLU(cond))`` (iii): ``chunks`` vectors of width ``dim`` from a width-``dim`` condition."""
+    """adaLN modulations ``Linear(SiLU(cond))`` (iii): ``chunks`` vectors of width ``dim`` from a condition as wide."""
     return nn.Sequential(nn.SiLU(), nn.Linear(dim, chunks * dim))
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import FeatureStats, frechet_distance
-from ..serialization import ForeignFileError, load_npz, load_torch_file, npz_files
+from ..serialization import ForeignFileError, load_npz, load_torch_file, npz_array_header, npz_files
 
 IS_NOTE = (
     "Inception Score and KID not computed: they need the Inception network's logits, which the offline FID port "
@@ -53,10 +53,10 @@ def load_samples_npz(path: str | Path) -> np.ndarray:
     names = npz_files(path, SAMPLES_NPZ)
     if "arr_0" not in names:
         raise ForeignFileError(f"{path} is not {SAMPLES_NPZ}: it has no arr_0 (members: {names})")
-    images = load_npz(path, SAMPLES_NPZ, keys=("arr_0",))["arr_0"]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ForeignFileError(f"{path}: arr_0 is {images.dtype} {list(images.shape)}, expected uint8 [N, H, W, 3]")
-    return images
+    shape, dtype = npz_array_header(path, "arr_0", SAMPLES_NPZ)
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise ForeignFileError(f"{path}: arr_0 is {dtype} {list(shape)}, expected uint8 [N, H, W, 3]")
+    return load_npz(path, SAMPLES_NPZ, keys=("arr_0",))["arr_0"]
 
 
 def load_reference(path: str | Path, image_size: int) -> tuple[np.ndarray | None, dict[str, np.ndarray], int]:
@@ -149,7 +149,9 @@ def load_isc_weights(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not isinstance(state.get("fc.weight"), Tensor):
         raise ForeignFileError(f"{path} is not {what}: no fc.weight tensor")
     if tuple(state["fc.weight"].shape) != (1008, 2048):
-        raise ForeignFileError(f"{path} is not {what}: fc.weight is {tuple(state['fc.weight'].shape)}, not (1008, 2048)")
+        raise ForeignFileError(
+            f"{path} is not {what}: fc.weight is {tuple(state['fc.weight'].shape)}, not (1008, 2048)"
+        )
     return state
 
 
@@ -185,8 +187,10 @@ def inception_score_and_kid(
         torch.save(state, copy)  # tensors we read safely: torch-fidelity's weights_only=False load sees only these
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             scores = torch_fidelity.calculate_metrics(feature_extractor_weights_path=str(copy), **kwargs)
-    out = {"inception_score": float(scores["inception_score_mean"]), "inception_score_std": float(
-        scores["inception_score_std"])}
+    out = {
+        "inception_score": float(scores["inception_score_mean"]),
+        "inception_score_std": float(scores["inception_score_std"]),
+    }
     if reference is not None:
         out["kid"] = float(scores["kernel_inception_distance_mean"])
         out["kid_std"] = float(scores["kernel_inception_distance_std"])

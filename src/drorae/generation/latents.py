@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..data import EpochSeededDataset, derive_seed, list_images, sample_generator
-from ..serialization import save_safetensors
+from ..serialization import read_json, save_safetensors
 
 STATS_NAME = "latent_stats.safetensors"
 META_NAME = "meta.json"
@@ -401,7 +401,7 @@ class LatentDataset(EpochSeededDataset):
         meta_path = self.root / META_NAME
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: run `drorae cache-latents ... --out {root}` to completion")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_json(meta_path, "a latent cache's meta.json")
         self.classes = self.meta["classes"]
         self.files = [_shard_file(self.root, k) for k in range(len(self.meta["shard_rows"]))]
         self.offsets = [0]

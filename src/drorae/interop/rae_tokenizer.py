@@ -29,6 +29,7 @@ from ..serialization import (
     infer_decoder_config,
     load_safetensors,
     load_strict,
+    read_json,
     read_state_dict,
 )
 from ..tokenizer import DRoRAE
@@ -102,7 +103,7 @@ def _load_encoder_weights(model: torch.nn.Module, family: str, state: dict[str, 
 
 
 def _import_diffusers(directory: Path) -> DRoRAE:
-    cfg = json.loads((directory / "config.json").read_text())
+    cfg = read_json(directory / "config.json", "a diffusers AutoencoderRAE config.json")
     state = load_safetensors(directory / DIFFUSERS_WEIGHTS)
     model, family = _build_diffusers_encoder(cfg)
     enc = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
@@ -176,7 +177,7 @@ def import_rae(
     src = Path(src)
     if src.is_dir():
         cfg_path = src / "config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        cfg = read_json(cfg_path, "a diffusers config.json") if cfg_path.is_file() else {}
         if cfg.get("_class_name") != "AutoencoderRAE":
             raise ValueError(
                 f"{src} is not a diffusers AutoencoderRAE directory (config.json _class_name is "
@@ -185,8 +186,9 @@ def import_rae(
         return _import_diffusers(src)
     if backbone is None:
         raise ValueError(f"importing the RAE decoder file {src} needs the backbone it was trained on: pass backbone=")
+    state = read_state_dict(src, key)  # before the backbone: a foreign file fails fast
+    stats_pair = read_rae_stats(Path(stats)) if stats is not None else None
     bb = backbone if isinstance(backbone, FrozenBackbone) else load_backbone(str(backbone), input_size=input_size)
-    state = read_state_dict(src, key)
     dcfg = infer_decoder_config(state, latent_dim=bb.hidden_size, num_patches=bb.num_tokens, num_heads=num_heads)
     if dcfg.num_patches != bb.num_tokens:
         raise ValueError(
@@ -196,9 +198,8 @@ def import_rae(
     decoder = RAEDecoder(dcfg)
     load_strict(decoder, convert_rae_decoder_state_dict(state, "rae"), source=src)
     tok = DRoRAE(bb, decoder, fusion=None)
-    if stats is not None:
-        mean, std = read_rae_stats(Path(stats))
-        tok.set_latent_stats(mean, std, eps=0.0)
+    if stats_pair is not None:
+        tok.set_latent_stats(*stats_pair, eps=0.0)
     return tok
 
 

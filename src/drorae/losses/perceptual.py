@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..serialization import load_torch_file
+
 __all__ = [
     "LPIPS_VGG16_FILENAME",
     "PERCEPTUAL_KINDS",
@@ -124,7 +126,7 @@ def _resolve_vgg16_path(weights_path: str | os.PathLike[str] | None) -> Path:
 
 def _load_vgg16_features(path: Path) -> dict[str, torch.Tensor]:
     """Read the convolution weights of a torchvision VGG16 state dict (``features.*`` keys)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "a torchvision VGG16 state dict (vgg16-397923af.pth)")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
