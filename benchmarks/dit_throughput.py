@@ -50,13 +50,13 @@ def dit_flops(cfg: DiTConfig) -> dict[str, int]:
     patch_out = c.patch_size**2 * c.out_channels
     d = c.hidden_size
     out = {
-        "time_mlp": 2 * (c.frequency_size * d + d * d),
+        "time_mlp": 2 * (2 * c.frequency_size * d + d * d),  # [sin, cos] of frequency_size frequencies
         "trunk_embed": 2 * n * patch_in * d,
         "trunk": c.depth * block_flops(d, n, c.mlp_ratio),
     }
     if c.head_depth:
         dh = c.head_hidden_size
-        out["projector"] = 2 * n * d * dh
+        out["projector"] = 2 * n * d * dh if dh != d else 0  # RAE: no projection at equal widths
         out["head_embed"] = 2 * n * patch_in * dh
         out["head"] = c.head_depth * block_flops(dh, n, c.mlp_ratio, per_token_condition=True)
         out["final"] = 2 * n * (2 * dh * dh + dh * patch_out)
@@ -114,13 +114,20 @@ def sampling_speed(cfg: DiTConfig, batch: int, device, bf16: bool, steps: int, g
     guide = model if guidance == "autoguidance" else None
     velocity = guided_velocity(model, y, guidance, 1.5, guide=guide, null_class=c.num_classes)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        sample(velocity, noise, SamplerConfig("euler", 1, 1.0))  # warm-up
+        sample(velocity, noise, SamplerConfig("euler", 2, 1.0))  # warm-up: one step (RAE grid of 2 points)
         _sync(device)
         t0 = time.perf_counter()
         sample(velocity, noise, SamplerConfig("euler", steps, 1.0))
         _sync(device)
     seconds = time.perf_counter() - t0
-    return {"batch": batch, "steps": steps, "guidance": guidance, "latents_per_s": batch / seconds}
+    evaluations = SamplerConfig("euler", steps, 1.0).evaluations
+    return {
+        "batch": batch,
+        "steps": steps,
+        "evaluations": evaluations,
+        "guidance": guidance,
+        "latents_per_s": batch / seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
