@@ -43,7 +43,7 @@ def load_safetensors(path: str | Path) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ForeignFileError(
-            f"weights file {path} is corrupt, truncated or not safetensors ({path.stat().st_size} bytes): {err}"
+            f"weights file {path} is corrupt or truncated, or not safetensors ({path.stat().st_size} bytes): {err}"
         ) from None
 
 

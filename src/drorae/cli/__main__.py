@@ -1,0 +1,7 @@
+"""``python -m drorae.cli`` (what torchrun runs)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Commands that read or write other projects' formats: RAE tokenizer files, diffusers, RAE stage-2 checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _cmd_import_rae(args: argparse.Namespace) -> int:
+    from ..interop import import_rae
+
+    model = import_rae(
+        args.src,
+        backbone=args.backbone,
+        stats=args.stats,
+        input_size=args.input_size,
+        num_heads=args.num_heads,
+        key=args.key,
+    )
+    model.save_pretrained(args.dst, save_backbone=not args.reference_backbone)
+    counts = model.parameter_counts()
+    print(
+        f"imported {args.src} -> {args.dst} (fusion off; backbone {counts['backbone']:,} + "
+        f"decoder {counts['decoder']:,} parameters)"
+    )
+    return 0
+
+
+def _cmd_import_rae_dit(args: argparse.Namespace) -> int:
+    from ..interop import import_rae_dit, save_rae_dit
+
+    model = import_rae_dit(
+        args.src,
+        num_heads=args.num_heads,
+        head_num_heads=args.head_num_heads,
+        head_depth=args.head_depth,
+        weights=args.weights,
+    )
+    save_rae_dit(model, args.dst, stats=args.stats, tokenizer=args.tokenizer, shift=args.shift)
+    c = model.config
+    entry = model.imported_from["entry"]
+    entry = f"its {entry!r} weights" if entry != "state dict" else "a bare state dict"
+    kind = (
+        f"DiT^DH (trunk {c.hidden_size}x{c.depth}, head {c.head_hidden_size}x{c.head_depth})"
+        if c.head_depth
+        else (f"DiT (trunk {c.hidden_size}x{c.depth})")
+    )
+    print(
+        f"imported {args.src} ({entry}) -> {args.dst}: {kind}, {model.parameter_count():,} "
+        f"trainable parameters, latent [{c.in_channels}, {c.input_size}, {c.input_size}], {c.num_classes} classes"
+    )
+    return 0
+
+
+def _cmd_export_rae(args: argparse.Namespace) -> int:
+    from ..interop import export_rae
+    from ..tokenizer import DRoRAE
+
+    model = DRoRAE.from_pretrained(args.model)
+    if args.disable_fusion:
+        model.fusion_enabled = False
+    export_rae(model, args.dst)
+    print(f"wrote diffusers AutoencoderRAE directory {args.dst}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "import-rae",
+        help="convert a diffusers AutoencoderRAE dir or an RAE decoder file into a DRoRAE dir",
+        description="Build a fusion-off DRoRAE that encodes/decodes exactly like the source RAE model.",
+    )
+    p.add_argument("src", help="diffusers AutoencoderRAE directory, or RAE decoder checkpoint (.pt/.pth/.safetensors)")
+    p.add_argument("dst", help="output DRoRAE directory")
+    p.add_argument("--backbone", help="backbone path or cached hub id (required for an RAE decoder file)")
+    p.add_argument("--stats", help="RAE latent statistics file with 'mean' and 'var'")
+    p.add_argument("--input-size", type=int, default=224, help="backbone input size for a decoder file (default 224)")
+    p.add_argument("--num-heads", type=int, help="decoder heads, if the decoder width is not an RAE preset")
+    p.add_argument("--key", help="entry of a nested checkpoint holding the decoder state dict (e.g. ema)")
+    p.add_argument(
+        "--reference-backbone", action="store_true", help="reference the backbone by path instead of storing it"
+    )
+    p.set_defaults(func=_cmd_import_rae)
+
+    p = sub.add_parser(
+        "import-rae-dit",
+        help="convert an RAE stage-2 checkpoint (DiTwDDTHead / LightningDiT) into a drorae DiT dir",
+        description="Read RAE's stage-2 checkpoint (torch.save of model/ema/optimizer/scheduler, or a bare state "
+        "dict; .pt or .safetensors; tensors only) and write a DiT directory computing the same function.",
+    )
+    p.add_argument("src", help="RAE stage-2 checkpoint (e.g. stage2_model.pt)")
+    p.add_argument("dst", help="output DiT directory")
+    p.add_argument("--num-heads", type=int, help="trunk heads (default: the matching preset's; XL 16, S 6)")
+    p.add_argument("--head-num-heads", type=int, help="head heads (default: the matching preset's, 16)")
+    p.add_argument("--head-depth", type=int, help="head blocks, only needed when trunk and head are equally wide")
+    p.add_argument("--weights", default="ema", choices=["ema", "model"], help="checkpoint entry (default ema, RAE's)")
+    p.add_argument("--stats", help="RAE's latent statistics (stat.pt) the DiT was trained with: sets the fingerprint")
+    p.add_argument("--tokenizer", help="or: the drorae tokenizer directory whose latents the DiT generates")
+    p.add_argument("--shift", type=float, help="time shift (default sqrt(C*h*w/4096), RAE's)")
+    p.set_defaults(func=_cmd_import_rae_dit)
+
+    p = sub.add_parser("export-rae", help="write a DRoRAE dir (fusion off) as a diffusers AutoencoderRAE dir")
+    p.add_argument("model", help="DRoRAE directory")
+    p.add_argument("dst", help="output AutoencoderRAE directory")
+    p.add_argument("--disable-fusion", action="store_true", help="export the plain-RAE path of a model that has fusion")
+    p.set_defaults(func=_cmd_export_rae)
