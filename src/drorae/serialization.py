@@ -63,6 +63,14 @@ def read_json(path: str | Path, what: str = "JSON file") -> dict:
     return data
 
 
+def model_dir(directory: str | Path) -> Path:
+    """A ``save_pretrained`` directory as given, or a training run's (``<run>/model``, what every trainer exports)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file() and (directory / "model" / "config.json").is_file():
+        return directory / "model"
+    return directory
+
+
 def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (moved to CPU, made contiguous) atomically: a crash never leaves a partial file."""
     path = Path(path)

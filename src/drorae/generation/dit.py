@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..configuration import ConfigError, apply_preset, config_from_dict, require
 from ..embeddings import sincos_pos_embed_2d
-from ..serialization import load_safetensors, load_strict, read_json, save_safetensors
+from ..serialization import load_safetensors, load_strict, model_dir, read_json, save_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -349,10 +349,7 @@ class DiT(nn.Module):
     @staticmethod
     def model_dir(directory: str | Path) -> Path:
         """A DiT directory, or a train-dit run directory (its ``model/``)."""
-        directory = Path(directory)
-        if (directory / "model" / CONFIG_NAME).is_file() and not (directory / CONFIG_NAME).is_file():
-            return directory / "model"
-        return directory
+        return model_dir(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> DiT:

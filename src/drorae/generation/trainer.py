@@ -27,11 +27,8 @@ from ..engine.logger import RunLogger
 from .dit import DIT_PRESETS, DiT, DiTConfig
 from .flow import (
     TIME_DISTRIBUTIONS,
-    SamplerConfig,
     dimension_shift,
     flow_matching_loss,
-    guided_velocity,
-    sample,
     time_from_uniform,
 )
 from .latents import FlowMatchingSamples, LabeledImageFolder, LatentDataset, collate_samples, stats_fingerprint
@@ -195,21 +192,22 @@ class DiTTrainer(BaseTrainer):
     # -- sample grids --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_grid(self) -> Tensor:
-        """Images [n, 3, H, W] in [0, 1] from the EMA weights: fixed noise, labels 0, 1, ... (cycling)."""
+        """Images [n, 3, H, W] in [0, 1] from the EMA weights: labels 0, 1, ... (cycling), the noise of samples
+        0..n-1 of ``drorae sample --seed samples.seed`` (the same generation code)."""
+        from .sampling import SampleSettings, generate
+
         s = self.config.samples
-        g = torch.Generator().manual_seed(s.seed)
-        noise = torch.randn((s.num, *self.latent_shape), generator=g).to(self.device)
         labels = (torch.arange(s.num) % len(self.classes)).to(self.device)
+        settings = SampleSettings(sampler=s.sampler, steps=s.steps, seed=s.seed)
         self.dit.eval()
         try:
-            with self.ema_weights(), self.autocast():
-                latents = sample(
-                    guided_velocity(self.dit, labels), noise, SamplerConfig(s.sampler, s.steps, self.shift)
+            with self.ema_weights():
+                images = generate(
+                    self.dit, self.tokenizer, labels, list(range(s.num)), settings, self.shift, bf16=self.bf16
                 )
-                images = self.tokenizer.decode(latents.float()).float().clamp(0, 1)
         finally:
             self.dit.train()
-        return images.cpu()
+        return images.clamp(0, 1).cpu()
 
     def log_images(self, logger: RunLogger, out: StepOutput) -> None:
         if not self.is_main or self.config.samples.num <= 0:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..data import ImageFolderDataset
 from ..engine import BaseTrainer, StepOutput
-from ..serialization import load_safetensors, load_strict, save_safetensors
+from ..serialization import load_safetensors, load_strict, model_dir, save_safetensors
 from ..tokenizer import DRoRAE, DRoRAEOutput, fusion_for_backbone
 from .config import TrainConfig
 from .phases import Phase, get_phase
@@ -35,11 +35,9 @@ GROUPS = ("backbone", "fusion", "decoder")
 
 def resolve_model_dir(path: str | Path) -> Path:
     """Accept a run directory (``<run>/model``) or a save_pretrained directory."""
-    path = Path(path)
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    if (path / "config.json").is_file():
-        return path
+    resolved = model_dir(path)
+    if (resolved / "config.json").is_file():
+        return resolved
     raise FileNotFoundError(
         f"--init {path}: neither {path}/config.json nor {path}/model/config.json exists "
         "(pass the --out directory of the previous phase)"
