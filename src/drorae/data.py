@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from .image_files import IMAGE_EXTENSIONS, list_image_files
 from .shards import TarMember, index_shards, is_shard_spec
 
 __all__ = [
@@ -50,9 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: File extensions (lower case) that :func:`list_images` picks up, compared case-insensitively.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 PathLike = str | os.PathLike
 
@@ -144,22 +142,7 @@ def list_images(root: PathLike) -> list[Path]:
     """
     if is_shard_spec(root):  # tar shards (drorae data shard): their members, in the order they were written
         return index_shards(root)[0]
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"image folder does not exist: {root}")
-    if not root.is_dir():
-        raise ValueError(f"expected an image folder, got a file: {root}")
-
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / name)
-    if not found:
-        exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-        raise ValueError(f"no images ({exts}) found under {root}")
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return list_image_files(root)
 
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})

@@ -24,6 +24,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .image_files import IMAGE_EXTENSIONS, list_image_files
+
 CLASSES_NAME = "classes.json"
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -100,8 +102,6 @@ def _key_and_ext(name: str) -> tuple[str, str]:
 
 def index_shards(spec: str | os.PathLike) -> tuple[list[TarMember], list[int | None], list[str] | None]:
     """``(image members, labels or None per image, class names or None)`` of a shard set, in stored order."""
-    from .data import IMAGE_EXTENSIONS
-
     shards = expand_shards(spec)
     members: list[TarMember] = []
     labels: list[int | None] = []
@@ -133,12 +133,10 @@ def index_shards(spec: str | os.PathLike) -> tuple[list[TarMember], list[int | N
 def write_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int = 1000) -> dict:
     """``drorae data shard``: the images of a folder (in its sorted order) as tar shards of ``shard_size`` images,
     with class labels when the folder has class sub-folders. The bytes are copied, not re-encoded."""
-    from .data import list_images
-
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     src, out = Path(src), Path(out)
-    paths = list_images(src)
+    paths = list_image_files(src)
     relative = [p.relative_to(src) for p in paths]
     with_classes = all(len(r.parts) > 1 for r in relative)
     classes = sorted({r.parts[0] for r in relative}) if with_classes else None

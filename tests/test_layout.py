@@ -1,0 +1,69 @@
+"""The package's shape: no module over 600 lines, no import cycle between its modules (top-level imports: the
+ones that run at import time; an import inside a function is deliberate laziness and is not counted)."""
+
+import ast
+from pathlib import Path
+
+import drorae
+
+PACKAGE = Path(drorae.__file__).parent
+MAX_LINES = 600
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _top_level_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in tree.body:  # module level only
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                full = f"{target}.{alias.name}"
+                found.add(full if full in modules else target)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_module_is_over_600_lines():
+    long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
+    assert not {n: k for n, k in long.items() if k > MAX_LINES}, long
+
+
+def test_the_import_graph_has_no_cycle():
+    modules = _modules()
+    graph = {n: _top_level_imports(n, p, modules) for n, p in modules.items()}
+    # a package's __init__ re-exporting its submodules is not a cycle with them: drop edges parent -> child
+    graph = {n: {m for m in deps if not m.startswith(n + ".")} for n, deps in graph.items()}
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycles.append(stack[stack.index(dep) :] + [dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, cycles
