@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned here (pyproject declares a range): on this kind of machine pip takes these from local disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install lint format test demo clean
+.PHONY: install lint format test test-fast demo clean
 
 # The demo needs only the runtime dependencies; the test extras (pytest, diffusers) are added
 # by `make test`, so a first `make demo` does not spend time installing them.
@@ -36,6 +36,10 @@ format: $(VENV)/.installed-test
 
 test: lint
 	$(PY) -m pytest -q
+
+# the unit tests only (about a minute): no subprocesses, torchrun, end-to-end pipelines or Inception networks
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(VENV)/bin/drorae demo --out demo-out

@@ -89,3 +89,34 @@ def diffusers_rae_dir(tmp_path):
             p.add_(torch.randn_like(p) * 0.05)
     rae.save_pretrained(tmp_path / "rae")
     return tmp_path / "rae"
+
+
+# -- fast and slow tests ----------------------------------------------------------------------------------------
+# `make test-fast` runs `pytest -m "not slow"`: the unit tests. Slow = starts subprocesses or torchrun ranks,
+# trains through the CLI end to end, compiles, or runs an Inception network (tests/README.md lists them).
+SLOW_MODULES = {
+    "demo/test_pipeline.py",  # the whole demo (quick plan) and its generation stage
+    "demo/test_backbone.py",  # backbone pretraining and its cache
+    "training/test_distributed.py",  # torchrun ranks, SIGKILL + resume
+    "training/test_resume.py",  # SIGKILL + resume in a subprocess
+    "training/test_sweeps.py",  # scaling / ablation sweeps of real trainings
+    "generation/test_train_dit.py",  # train-dit runs, torchrun, SIGKILL + resume
+    "generation/test_sampling.py",  # stats -> cache -> train-dit -> sample pipeline, torchrun sampling, real gFID
+    "generation/test_eval_gen.py",  # torch-fidelity's Inception at 299 px
+    "test_evaluation.py",  # drorae eval end to end, torchrun, the real Inception network
+}
+SLOW_TESTS = {
+    "test_fusion.py::test_compiled_fusion_matches_eager_forward_and_gradients",  # torch.compile
+    "generation/test_latents.py::test_stats_of_two_torchrun_ranks_equal_one_process",
+    "test_tokenizer.py::test_the_model_package_does_not_import_the_training_code",  # a fresh interpreter
+    "test_cli.py::test_console_script_is_installed_or_module_runs",  # a fresh interpreter
+    "generation/test_import_rae_dit.py::test_rae_generators_end_to_end_on_cpu",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = os.path.dirname(__file__)
+    for item in items:
+        rel = os.path.relpath(str(item.path), root).replace(os.sep, "/")
+        if rel in SLOW_MODULES or f"{rel}::{item.name.split('[')[0]}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -67,3 +67,27 @@ def test_the_import_graph_has_no_cycle():
         if node not in state:
             visit(node)
     assert not cycles, cycles
+
+
+def test_links_in_the_readme_and_docs_resolve():
+    import re
+
+    root = PACKAGE.parents[1]
+    pages = [root / "README.md", root / "tests" / "README.md", root / "benchmarks" / "README.md"]
+    pages += sorted((root / "docs").rglob("*.md"))
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.relative_to(root)}: {target}")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.+)$", file.read_text())
+                slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+                if anchor not in slugs:
+                    broken.append(f"{page.relative_to(root)}: {target} (no such heading)")
+    assert not broken, broken

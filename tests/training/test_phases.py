@@ -78,10 +78,10 @@ def test_phase3_needs_a_fusion_module(tmp_path, image_dir, phase1_run):
         Trainer(cfg, "3", tmp_path, data_dir=image_dir, init=phase1_run)
 
 
-def test_the_readme_shows_the_phase_table_the_code_uses():
+def test_the_tokenizer_manual_shows_the_phase_table_the_code_uses():
     from drorae.training.phases import PHASES, phase_table_markdown
 
     from .conftest import REPO
 
-    assert phase_table_markdown() in (REPO / "README.md").read_text()
+    assert phase_table_markdown() in (REPO / "docs" / "tokenizer.md").read_text()
     assert [p.name for p in PHASES.values()] == ["1", "2", "3", "joint", "full"]
