@@ -12,37 +12,17 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from skimage import data as skdata
-from skimage.metrics import structural_similarity
 
 from drorae.metrics import (
     INCEPTION_FID_SHA256,
     FeatureStats,
     FrechetFeatureDistance,
     InceptionFID,
-    ReconstructionMetrics,
     _resize_tf_bilinear,
     frechet_distance,
     load_inception_fid,
     psnr,
-    ssim,
 )
-
-
-def _skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    return np.array(
-        [
-            structural_similarity(
-                a.permute(1, 2, 0).double().numpy(),
-                b.permute(1, 2, 0).double().numpy(),
-                channel_axis=-1,
-                gaussian_weights=True,
-                sigma=1.5,
-                use_sample_covariance=False,
-                data_range=1.0,
-            )
-            for a, b in zip(x, y)
-        ]
-    )
 
 
 def _photo_batch(size: int = 48) -> torch.Tensor:
@@ -85,32 +65,6 @@ def test_psnr_rejects_shape_mismatch() -> None:
 
 
 # --------------------------------------------------------------------------------------------- SSIM
-
-
-def test_ssim_matches_skimage_random() -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 3, 32, 40, generator=g)
-    y = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    np.testing.assert_allclose(ssim(x, y).numpy(), _skimage_ssim(x, y), atol=1e-4)
-
-
-def test_ssim_matches_skimage_structured() -> None:
-    x = _photo_batch()
-    blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
-    shifted = torch.roll(x, shifts=2, dims=-1)
-    for y in (blurred, noisy, shifted, x * 0.7 + 0.1):
-        np.testing.assert_allclose(ssim(x, y).numpy(), _skimage_ssim(x, y), atol=1e-4)
-
-
-def test_ssim_identical_is_one_and_float64_input() -> None:
-    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
-    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-6)
-
-
-def test_ssim_rejects_tiny_images() -> None:
-    with pytest.raises(ValueError, match="at least 11x11"):
-        ssim(torch.rand(1, 3, 10, 32), torch.rand(1, 3, 10, 32))
 
 
 # --------------------------------------------------------------------------------------------- Fréchet
@@ -217,37 +171,15 @@ def test_frechet_feature_distance_validates() -> None:
         fd.compute()
 
 
-def test_reconstruction_metrics() -> None:
-    g = torch.Generator().manual_seed(7)
-    x = torch.rand(6, 3, 16, 16, generator=g)
-    y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-
-    metrics = ReconstructionMetrics()
-    for xb, yb in zip(x.split(4), y.split(4)):
-        metrics.update(xb, yb)
-    out = metrics.compute()
-    assert set(out) == {"psnr", "ssim"}
-    assert out["psnr"] == pytest.approx(psnr(x, y).double().mean().item(), abs=1e-4)
-    assert out["ssim"] == pytest.approx(ssim(x, y).double().mean().item(), abs=1e-6)
-
-    metrics = ReconstructionMetrics(feature_fn=_pooled, fd_name="FD-toy")
-    metrics.update(x, y)
-    out = metrics.compute()
-    assert set(out) == {"psnr", "ssim", "FD-toy"} and out["FD-toy"] > 0
-    metrics.reset()
-    with pytest.raises(RuntimeError):
-        metrics.compute()
-
-
-def test_precomputed_real_features_give_the_same_metrics() -> None:
+def test_precomputed_real_features_give_the_same_distance() -> None:
     """Callers that already ran the feature network on the originals pass its output instead."""
     g = torch.Generator().manual_seed(8)
     x = torch.rand(10, 3, 16, 16, generator=g)
     y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    plain, shared = ReconstructionMetrics(feature_fn=_pooled), ReconstructionMetrics(feature_fn=_pooled)
+    plain, shared = FrechetFeatureDistance(_pooled, name="a"), FrechetFeatureDistance(_pooled, name="b")
     for xb, yb in zip(x.split(4), y.split(4)):
-        plain.update(xb, yb)
-        shared.update(xb, yb, real_features=_pooled(xb))
+        plain.update(real=xb, fake=yb)
+        shared.update(fake=yb, real_features=_pooled(xb))
     assert shared.compute() == pytest.approx(plain.compute(), rel=1e-12)
     fd = FrechetFeatureDistance(_pooled, name="FD-toy")
     with pytest.raises(ValueError, match="either real images or real_features"):

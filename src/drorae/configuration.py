@@ -59,8 +59,3 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], section: str) -> T:
     if unknown:
         raise ConfigError(f"unknown {section} config keys {unknown}; known: {sorted(known)}")
     return cls(**data)
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """JSON-able dict of a (nested) config dataclass."""
-    return dataclasses.asdict(config)

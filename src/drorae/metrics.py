@@ -1,4 +1,5 @@
-"""Reconstruction metrics: PSNR, SSIM and Fréchet distances in arbitrary feature spaces.
+"""Image metrics: PSNR and Fréchet distances in arbitrary feature spaces (SSIM is torchmetrics', as RAE's
+evaluation computes it: see :mod:`drorae.evaluation`).
 
 Conventions used throughout this module:
 
@@ -31,16 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "psnr",
-    "ssim",
     "frechet_distance",
     "FeatureStats",
     "FrechetFeatureDistance",
-    "ReconstructionMetrics",
     "InceptionFID",
     "load_inception_fid",
     "INCEPTION_FID_SHA256",
@@ -81,75 +79,6 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     mse = (x - y).pow(2).flatten(1).mean(dim=1)
     # 10*log10(R^2 / 0) = +inf, which torch produces without a warning.
     return (10.0 * torch.log10(data_range**2 / mse)).float()
-
-
-def _gaussian_kernel1d(sigma: float, truncate: float, device: torch.device) -> Tensor:
-    # Same discretisation as scipy.ndimage.gaussian_filter: radius = int(truncate*sigma + 0.5),
-    # samples of exp(-x^2 / 2 sigma^2) normalised to sum to one.
-    radius = int(truncate * sigma + 0.5)
-    coords = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
-    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def ssim(
-    x: Tensor,
-    y: Tensor,
-    data_range: float = 1.0,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
-) -> Tensor:
-    """Structural similarity per image (Wang et al. 2004, Gaussian window).
-
-    Matches ``skimage.metrics.structural_similarity(a, b, channel_axis=-1,
-    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)``:
-    an 11-tap Gaussian window (sigma 1.5, truncated at 3.5 sigma), population covariances,
-    ``C1 = (k1 R)^2``, ``C2 = (k2 R)^2``, the SSIM map averaged over the "valid" region (a
-    border of the window radius is excluded, as skimage crops it) and then over channels.
-    Inputs are clamped to ``[0, data_range]`` and the computation runs in float64, since
-    ``E[x^2] - E[x]^2`` cancels badly in float32 on flat regions.
-
-    Args:
-        x: Images ``[B, C, H, W]``; H and W must be at least the window size (11).
-        y: Images of the same shape.
-        data_range: Maximum pixel value.
-        sigma: Standard deviation of the Gaussian window.
-        k1: Stabiliser constant for the luminance term.
-        k2: Stabiliser constant for the contrast/structure term.
-
-    Returns:
-        Float32 tensor ``[B]``.
-    """
-    _check_image_pair(x, y)
-    kernel = _gaussian_kernel1d(sigma, truncate=3.5, device=x.device)
-    win = kernel.numel()
-    if min(x.shape[-2:]) < win:
-        raise ValueError(f"SSIM needs images of at least {win}x{win} pixels, got {tuple(x.shape[-2:])}")
-
-    b, c, h, w = x.shape
-    x = x.detach().double().clamp(0.0, data_range).reshape(b * c, 1, h, w)
-    y = y.detach().double().clamp(0.0, data_range).reshape(b * c, 1, h, w)
-
-    # Separable Gaussian filtering of the five moment maps in one batched pass ("valid"
-    # padding: equal to skimage's reflect-padded filter followed by its border crop).
-    maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [B*C, 5, H, W]
-    maps = F.conv2d(maps, kernel.view(1, 1, 1, win).expand(5, 1, 1, win), groups=5)
-    maps = F.conv2d(maps, kernel.view(1, 1, win, 1).expand(5, 1, win, 1), groups=5)
-    mu_x, mu_y, e_xx, e_yy, e_xy = maps.unbind(dim=1)
-
-    var_x = e_xx - mu_x * mu_x
-    var_y = e_yy - mu_y * mu_y
-    cov_xy = e_xy - mu_x * mu_y
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
-    return ssim_map.reshape(b, c, -1).mean(dim=2).mean(dim=1).float()
-
-
-# ---------------------------------------------------------------------------------------------
-# Fréchet distance
-# ---------------------------------------------------------------------------------------------
 
 
 def _as_float64_numpy(a: Tensor | np.ndarray) -> np.ndarray:
@@ -353,60 +282,6 @@ class FrechetFeatureDistance:
             f"{type(self).__name__}(name={self.name!r}, real={self.real_stats.num_samples}, "
             f"fake={self.fake_stats.num_samples})"
         )
-
-
-class ReconstructionMetrics:
-    """Accumulates PSNR, SSIM and (optionally) a Fréchet distance over an evaluation set.
-
-    PSNR and SSIM are averaged over images (mean of per-image values, the usual convention of
-    tokenizer papers). If ``feature_fn`` is given, a :class:`FrechetFeatureDistance` between
-    originals (real) and reconstructions (fake) is reported under the key ``fd_name``.
-
-    Example::
-
-        metrics = ReconstructionMetrics(feature_fn=backbone_pooled_features, fd_name="FD-dinov2")
-        for images in loader:
-            metrics.update(images, model(images).clamp(0, 1))
-        metrics.compute()   # {"psnr": ..., "ssim": ..., "FD-dinov2": ...}
-    """
-
-    def __init__(self, feature_fn: Callable[[Tensor], Tensor] | None = None, fd_name: str = "fd") -> None:
-        if fd_name in ("psnr", "ssim"):
-            raise ValueError(f"fd_name must not collide with another metric key, got {fd_name!r}")
-        self.fd_name = fd_name
-        self.fd = FrechetFeatureDistance(feature_fn, fd_name) if feature_fn is not None else None
-        self.reset()
-
-    def reset(self) -> None:
-        self.num_images = 0
-        self._psnr_sum = 0.0
-        self._ssim_sum = 0.0
-        if self.fd is not None:
-            self.fd.reset()
-
-    def update(self, originals: Tensor, reconstructions: Tensor, real_features: Tensor | None = None) -> None:
-        """Add a batch of original images and their reconstructions (``[B, 3, H, W]`` in [0, 1]).
-
-        ``real_features``: ``feature_fn(originals)`` if the caller already computed it (saves a
-        feature pass when several models are scored on the same originals).
-        """
-        self._psnr_sum += psnr(originals, reconstructions).double().sum().item()
-        self._ssim_sum += ssim(originals, reconstructions).double().sum().item()
-        self.num_images += originals.shape[0]
-        if self.fd is not None:
-            if real_features is None:
-                self.fd.update(real=originals, fake=reconstructions)
-            else:
-                self.fd.update(fake=reconstructions, real_features=real_features)
-
-    def compute(self) -> dict[str, float]:
-        """Return ``{"psnr": mean dB, "ssim": mean, fd_name: distance}`` (FD only with a feature_fn)."""
-        if self.num_images == 0:
-            raise RuntimeError("ReconstructionMetrics is empty: call update() first")
-        results = {"psnr": self._psnr_sum / self.num_images, "ssim": self._ssim_sum / self.num_images}
-        if self.fd is not None:
-            results[self.fd_name] = self.fd.compute()
-        return results
 
 
 # ---------------------------------------------------------------------------------------------

@@ -187,10 +187,10 @@ def _backbone_blocks(init: str | Path) -> int:
 def plot_scaling(report: dict[str, Any], path: Path) -> Path:
     """The paper's figure-5 panels: the metric against fusion parameters (log axis), per expert width and per
     layer count, each series with its log-linear fit."""
-    from .analysis.figures import _new_figure, _save
+    from .analysis.figures import new_figure, save_figure
 
     points, metric = report["points"], report["metric"]
-    fig = _new_figure((10.0, 4.0), layout="constrained")
+    fig = new_figure((10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, fixed, label in (
         (axes[0], "num_fused_layers", "expert_axis", "N"),
@@ -218,7 +218,7 @@ def plot_scaling(report: dict[str, Any], path: Path) -> Path:
     joint = report["fits"].get("joint")
     if joint:
         fig.suptitle(f"{metric} = {joint['a']:.3g} log10(params) + {joint['b']:.3g}, joint R^2 = {joint['r2']:.2f}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -326,11 +326,11 @@ def run_ablation(settings: SweepSettings, groups: tuple[str, ...] = ABLATION_GRO
 
 def plot_ablation(report: dict[str, Any], path: Path) -> Path:
     """One bar per cell: the reconstruction metric (left) and the latent-shift FD (right, log scale)."""
-    from .analysis.figures import _new_figure, _save
+    from .analysis.figures import new_figure, save_figure
 
     cells = report["cells"]
     labels = [f"{c['group']}: {c['label']}" for c in cells]
-    fig = _new_figure((11.0, 0.32 * len(cells) + 1.2), layout="constrained")
+    fig = new_figure((11.0, 0.32 * len(cells) + 1.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     colors = {g: f"C{i}" for i, g in enumerate(ABLATION_GROUPS)}
     ys = list(range(len(cells)))[::-1]
@@ -344,7 +344,7 @@ def plot_ablation(report: dict[str, Any], path: Path) -> Path:
     axes[1].barh(ys, [c["latent_shift_fd"] for c in cells], color=[colors[c["group"]] for c in cells])
     axes[1].set_xscale("log")
     axes[1].set_xlabel("latent shift FD (z_final vs z_base)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ablation_markdown(report: dict[str, Any]) -> str:

@@ -85,3 +85,23 @@ def test_the_tokenizer_manual_shows_the_phase_table_the_code_uses():
 
     assert phase_table_markdown() in (REPO / "docs" / "tokenizer.md").read_text()
     assert [p.name for p in PHASES.values()] == ["1", "2", "3", "joint", "full"]
+
+
+def test_gradient_accumulation_of_two_equals_one_doubled_batch(image_dir, tmp_path):
+    """The tokenizer's trainer weights micro-batches by the engine's rule: 2 x 4 images accumulate to the step of
+    one batch of 8 (no decoder noise and no GAN, the two sources of per-call randomness). Compared on the
+    decoder's output: the attention key bias has no gradient in theory, so Adam turns its float noise into
+    updates that differ bit-wise while leaving the function unchanged."""
+    common = ["train.max_steps=2", "train.checkpoint_every=100", "model.noise_tau=0", "loss.discriminator=none"]
+    latent = torch.randn(3, 64, 8, 8, generator=torch.Generator().manual_seed(0))
+    decoded, start = {}, None
+    for name, extra in (("one", ["train.batch_size=8"]), ("two", ["train.batch_size=4", "train.grad_accum=2"])):
+        cfg = load_config(CPU_TINY, common + extra)
+        trainer = Trainer(cfg, "1", tmp_path / name, data_dir=image_dir, progress=False)
+        with torch.no_grad():
+            start = trainer.model.decode(latent) if start is None else start
+        trainer.run()
+        with torch.no_grad():
+            decoded[name] = DRoRAE.from_pretrained(tmp_path / name / "model").decode(latent)
+    torch.testing.assert_close(decoded["two"], decoded["one"], rtol=0, atol=2e-5)
+    assert (decoded["one"] - start).abs().max() > 1e-3  # the two steps did change the decoder

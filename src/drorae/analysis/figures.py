@@ -20,7 +20,7 @@ def router_weight_maps(weights: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     return weights.detach().transpose(1, 2).reshape(b, num_layers, h, w)
 
 
-def _new_figure(figsize: tuple[float, float], layout: str | None = None):
+def new_figure(figsize: tuple[float, float], layout: str | None = None):
     # Object-oriented Agg canvas: renders off-screen without touching pyplot's global backend
     # or figure registry, so it is safe in training loops and headless jobs.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -69,7 +69,7 @@ def plot_router_weights(
     limit = maps.abs().max().item() or 1.0  # all-zero maps still need a valid range
     norm = Normalize(vmin=-limit, vmax=limit)
     # Constrained layout keeps the shared colourbar from squeezing or spreading the panels.
-    fig = _new_figure((1.6 * cols + 1.0, 1.6 * rows + 0.4), layout="constrained")
+    fig = new_figure((1.6 * cols + 1.0, 1.6 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
     for r in range(rows):
@@ -83,7 +83,7 @@ def plot_router_weights(
     fig.colorbar(image, ax=axes, shrink=0.9, label="router weight")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_probe(
@@ -111,7 +111,7 @@ def plot_layer_probe(
     if len(labels) != length:
         raise ValueError(f"{len(labels)} labels for curves of length {length}")
 
-    fig = _new_figure((max(4.0, 0.6 * length + 2.0), 3.2))
+    fig = new_figure((max(4.0, 0.6 * length + 2.0), 3.2))
     ax = fig.add_subplot(1, 1, 1)
     for name, values in curves.items():
         ax.plot(range(len(values)), list(values), marker="o", label=name or None)
@@ -124,10 +124,10 @@ def plot_layer_probe(
     if any(curves):
         ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")

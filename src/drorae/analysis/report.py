@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .figures import _new_figure, _save, plot_router_weights, router_weight_maps
+from .figures import new_figure, plot_router_weights, router_weight_maps, save_figure
 from .latents import fused_vs_base, pca_rgb
 from .spectra import log_magnitude_spectrum, radial_power_spectrum, spectral_difference, spectral_mad
 
@@ -97,7 +97,7 @@ def analyze(
 
 def _plot_rows(path: Path, columns: list[torch.Tensor], titles: list[str]) -> Path:
     n = columns[0].shape[0]
-    fig = _new_figure((2.0 * len(columns), 2.0 * n), layout="constrained")
+    fig = new_figure((2.0 * len(columns), 2.0 * n), layout="constrained")
     axes = fig.subplots(n, len(columns), squeeze=False)
     for i in range(n):
         for j, images in enumerate(columns):
@@ -105,7 +105,7 @@ def _plot_rows(path: Path, columns: list[torch.Tensor], titles: list[str]) -> Pa
             axes[i][j].axis("off")
             if i == 0:
                 axes[i][j].set_title(titles[j], fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_spectra(path: Path, x, rae, drorae, mad: dict[str, torch.Tensor]) -> Path:
@@ -114,7 +114,7 @@ def _plot_spectra(path: Path, x, rae, drorae, mad: dict[str, torch.Tensor]) -> P
     vmax_diff = float(max(d.max() for d in diffs)) or 1.0
     titles = ["original", "|FFT| original", "|FFT| RAE", "|FFT| DRoRAE", "|diff| RAE", "|diff| DRoRAE"]
     n = x.shape[0]
-    fig = _new_figure((2.0 * len(titles), 2.0 * n), layout="constrained")
+    fig = new_figure((2.0 * len(titles), 2.0 * n), layout="constrained")
     axes = fig.subplots(n, len(titles), squeeze=False)
     for i in range(n):
         panels = [x[i].permute(1, 2, 0).numpy(), *(s[i].numpy() for s in spectra), *(d[i].numpy() for d in diffs)]
@@ -132,11 +132,11 @@ def _plot_spectra(path: Path, x, rae, drorae, mad: dict[str, torch.Tensor]) -> P
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(titles[j], fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_radial(path: Path, radial: dict[str, torch.Tensor]) -> Path:
-    fig = _new_figure((5.5, 3.5), layout="constrained")
+    fig = new_figure((5.5, 3.5), layout="constrained")
     ax = fig.subplots()
     for name, curve in radial.items():
         ax.plot(curve.numpy(), label=name)
@@ -144,4 +144,4 @@ def _plot_radial(path: Path, radial: dict[str, torch.Tensor]) -> Path:
     ax.set_xlabel("spatial frequency (radius in FFT bins)")
     ax.set_ylabel("mean power")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

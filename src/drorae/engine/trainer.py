@@ -146,6 +146,13 @@ class BaseTrainer(ABC):
     def batch_size_of(self, inputs: Any) -> int:
         return inputs.shape[0]
 
+    def micro_batch_weights(self, micro_batches: list[Any]) -> list[float]:
+        """Every trainer's rule for gradient accumulation: a micro-batch's mean loss is weighted by its share of
+        the step's samples, so the step's gradient is that of the mean over all of them, also when a skipped file
+        made one micro-batch smaller (with equal micro-batches: 1 / grad_accum each)."""
+        counts = [self.batch_size_of(m) for m in micro_batches]
+        return [c / sum(counts) for c in counts]
+
     def log_images(self, logger: RunLogger, out: StepOutput) -> None:
         """The image log at ``loop.image_every`` steps (default: inputs over outputs of the step)."""
         if out.images is not None:

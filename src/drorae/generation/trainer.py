@@ -170,9 +170,7 @@ class DiTTrainer(BaseTrainer):
         self.set_lr()
         last = len(micro_batches) - 1
         total = torch.zeros((), device=self.device)
-        # each micro-batch's mean loss weighted by its share of the step's samples: the gradient of the mean over
-        # all of them, also when a skipped file made one micro-batch smaller
-        counts = [self.batch_size_of(b) for b in micro_batches]
+        weights = self.micro_batch_weights(micro_batches)  # the engine's rule: each by its share of the samples
         for i, batch in enumerate(micro_batches):
             x = self.latents_of(batch)
             noise = batch["noise"].to(self.device, non_blocking=True)
@@ -182,8 +180,8 @@ class DiTTrainer(BaseTrainer):
             with no_sync:
                 with self.autocast():
                     loss = flow_matching_loss(self.parallel, x, noise, t.float(), y)
-                (loss * (counts[i] / sum(counts))).backward()
-            total += loss.detach() * (counts[i] / sum(counts))
+                (loss * weights[i]).backward()
+            total += loss.detach() * weights[i]
             nonfinite |= ~torch.isfinite(loss.detach())
         grad_norm = self.clip_and_step()
         self.step += 1

@@ -261,6 +261,7 @@ class Trainer(BaseTrainer):
         for p in self.disc_params:
             p.requires_grad_(False)  # D is a fixed critic in the G step; input grads still flow
         last = len(micro_batches) - 1
+        weights = self.micro_batch_weights(micro_batches)
         for i, x in enumerate(micro_batches):
             x = x.to(self.device, non_blocking=True)
             # DDP averages gradients once, in the last micro-batch's backward
@@ -269,7 +270,7 @@ class Trainer(BaseTrainer):
                 with self.autocast():
                     out = self.parallel_model(x, self.noise_tau)
                     losses = self.generator_losses(x, out)
-                (losses["total"] / len(micro_batches)).backward()
+                (losses["total"] * weights[i]).backward()
             nonfinite |= ~torch.isfinite(losses["total"].detach())
         grad_norm = self.clip_and_step()
         # -- discriminator step
