@@ -275,7 +275,10 @@ def test_flips_depend_only_on_seed_epoch_index(asymmetric_folder: Path) -> None:
 def test_derive_seed_separates_key_lengths_and_orders() -> None:
     assert derive_seed(1, 2) != derive_seed(1, 2, 0)
     assert derive_seed(1, 2, 3) != derive_seed(1, 3, 2)
-    assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
+    # the documented construction, computed with numpy directly: SeedSequence over (number of keys, *keys)
+    expected = int(np.random.SeedSequence([3, 1, 2, 3]).generate_state(1, np.uint64)[0])
+    assert derive_seed(1, 2, 3) == expected
+    assert len({derive_seed(0, 0, i) for i in range(1000)}) == 1000  # no collisions among sample seeds
     with pytest.raises(ValueError):
         derive_seed(-1)
 

@@ -138,3 +138,40 @@ def test_stats_of_two_torchrun_ranks_equal_one_process(tokenizer_dir, class_dir,
     assert int(a["count"]) == int(b["count"]) == 18
     for key in ("mean", "var"):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+
+
+class _Items(torch.utils.data.Dataset):
+    """A base dataset of labelled dummy items, as LatentDataset / LabeledImageFolder give them."""
+
+    classes = ["a", "b"]
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"latent": torch.zeros(2), "label": i % 2, "index": i}
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def test_label_dropout_rate_and_draws_are_per_sample_and_epoch():
+    from drorae.data import derive_seed, sample_generator
+    from drorae.generation.latents import FlowMatchingSamples
+
+    ds = FlowMatchingSamples(_Items(4000), (3,), label_dropout=0.1, seed=7)
+    drops = [ds[i]["drop"] for i in range(4000)]
+    rate = sum(drops) / 4000
+    assert abs(rate - 0.1) < 3 * (0.1 * 0.9 / 4000) ** 0.5  # within 3 standard errors of RAE's 0.1
+    # each sample's draws come from (seed, epoch, index), in the order noise, u, drop: recomputed by hand
+    g = sample_generator(derive_seed(7, 2), 0, 123)
+    noise, u, drop = torch.randn(3, generator=g), torch.rand((), generator=g), torch.rand((), generator=g) < 0.1
+    item = ds[123]
+    assert torch.equal(item["noise"], noise) and float(item["u"]) == float(u) and item["drop"] == bool(drop)
+    ds.set_epoch(1)
+    assert sum(ds[i]["drop"] for i in range(4000)) != sum(drops) or [ds[i]["drop"] for i in range(50)] != drops[:50]
+    assert not any(FlowMatchingSamples(_Items(500), (3,), 0.0, 7)[i]["drop"] for i in range(500))
+    assert all(FlowMatchingSamples(_Items(500), (3,), 1.0, 7)[i]["drop"] for i in range(500))

