@@ -135,11 +135,16 @@ def test_dit_benchmark_runs_on_cpu(dit_bench, tmp_path):
     args = ["--preset", "DiTDH-tiny", "--latent", "16", "4", "4", "--classes", "3", "--batch", "2", "--iters", "1"]
     results = dit_bench.main([*args, "--sample-steps", "2", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
-    assert results["train"][0]["img_per_s"] > 0 and {r["guidance"] for r in results["sampling"]} == {
-        "none",
-        "cfg",
-        "autoguidance",
-    }
+    train = results["train"][0]
+    assert train["img_per_s"] == pytest.approx(2 / train["step_s"])
+    # FLOP/s = 3 x the analytic forward count (checked against torch's counter above) x batch / step time
+    from drorae.generation import DiTConfig
+
+    cfg = DiTConfig(preset="DiTDH-tiny", in_channels=16, input_size=4, num_classes=3)
+    flops = 3 * dit_bench.dit_flops(cfg)["total"] * 2
+    assert train["train_tflops_per_s"] == pytest.approx(flops / train["step_s"] / 1e12)
+    assert {r["guidance"] for r in results["sampling"]} == {"none", "cfg", "autoguidance"}
+    assert all(r["steps"] == 2 and r["evaluations"] == 1 and r["latents_per_s"] > 0 for r in results["sampling"])
 
 
 def test_data_loading_benchmark_runs_on_a_few_jpegs(tmp_path):

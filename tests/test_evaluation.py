@@ -78,8 +78,23 @@ def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_
     assert report["metrics"]["stlpips-vgg"] > 0
     if report["metrics"]["rfid"] is None:  # Inception weights absent: named, and the rest still reported
         assert "default_1.pt" in report["notes"]["rfid"]
-    else:
-        assert report["metrics"]["rfid"] > 0
+    else:  # torchmetrics' FID on the same network, originals vs the npz: another implementation of the distance
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        from drorae.metrics import load_inception_fid
+
+        net = load_inception_fid()
+
+        class Features(torch.nn.Module):
+            num_features = 2048
+
+            def forward(self, images):
+                return net(images).double()
+
+        fid = FrechetInceptionDistance(feature=Features(), normalize=True).double()
+        fid.update(x, real=True)
+        fid.update(y, real=False)
+        assert report["metrics"]["rfid"] == pytest.approx(float(fid.compute()), rel=1e-3)
     saved = json.loads((tmp_path / "e" / "report.json").read_text())
     assert saved["metrics"] == report["metrics"]
     assert "| psnr |" in (tmp_path / "e" / "report.md").read_text()

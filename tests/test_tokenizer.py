@@ -6,6 +6,8 @@ import torch
 from drorae import DecoderConfig, DepthRoutedFusion, DRoRAE, FusionConfig, RAEDecoder, load_backbone
 from drorae.serialization import CheckpointKeyError
 
+from .model_tester import ModelTesterMixin
+
 
 def tiny_decoder(latent_dim=64, num_patches=64):
     return RAEDecoder(
@@ -227,3 +229,28 @@ def test_the_model_package_does_not_import_the_training_code(dinov2_reg_dir):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+class TestDRoRAEModel(ModelTesterMixin):
+    model_class = DRoRAE
+
+    def make_model(self, tmp_path):
+        from drorae import BackboneConfig, DRoRAEConfig
+        from drorae.backbones import RandomBackboneConfig
+
+        torch.manual_seed(0)
+        config = DRoRAEConfig(
+            backbone=BackboneConfig(
+                random=RandomBackboneConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, patch_size=8),
+                input_size=32,
+            ),
+            decoder=DecoderConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, patch_size=8),
+            fusion=FusionConfig(expert_hidden=8, beta=0.2),
+        )
+        return DRoRAE.from_config(config)
+
+    def make_inputs(self):
+        return (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),)
+
+    def run(self, model, inputs):
+        return model(*inputs).reconstruction

@@ -6,6 +6,8 @@ import torch
 from drorae.configuration import ConfigError
 from drorae.generation import DiT, DiTConfig
 
+from ..model_tester import ModelTesterMixin
+
 
 def count(preset: str, **kw) -> int:
     with torch.device("meta"):
@@ -87,3 +89,19 @@ def test_a_dit_learns_a_fixed_small_set():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.6 * first, (first, last)
+
+
+class TestDiTModel(ModelTesterMixin):
+    model_class = DiT
+
+    def make_model(self, tmp_path):
+        torch.manual_seed(0)
+        model = DiT(DiTConfig(preset="DiTDH-tiny", in_channels=8, input_size=4, num_classes=3))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn_like(p))  # leave the zero init, so outputs depend on every part
+        return model
+
+    def make_inputs(self):
+        g = torch.Generator().manual_seed(1)
+        return torch.randn(2, 8, 4, 4, generator=g), torch.rand(2, generator=g), torch.tensor([0, 3])
