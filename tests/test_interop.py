@@ -13,7 +13,8 @@ from drorae import (
     import_rae,
     load_backbone,
 )
-from drorae.serialization import CheckpointKeyError, export_decoder_state_dict
+from drorae.interop.decoder_keys import export_decoder_state_dict
+from drorae.serialization import CheckpointKeyError
 
 from .conftest import randomize
 

@@ -24,15 +24,13 @@ from ..backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, load_backbo
 from ..decoder import RAEDecoder
 from ..serialization import (
     CheckpointKeyError,
-    convert_rae_decoder_state_dict,
-    export_decoder_state_dict,
-    infer_decoder_config,
     load_safetensors,
     load_strict,
     read_json,
     read_state_dict,
 )
 from ..tokenizer import DRoRAE
+from .decoder_keys import convert_rae_decoder_state_dict, export_decoder_state_dict, infer_decoder_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_VERSION = "0.42.1"
