@@ -4,7 +4,7 @@ Writes ``--num`` JPEGs (ImageNet-like: ``--size`` 500 x 375, quality 90, with cl
 noise, so the encoder works as hard as on photos) to a temporary folder, then times, in this process (= one
 worker):
 
-  pil-decode          PIL decode to RGB (``drorae.data.load_rgb``), nothing else
+  pil-decode          PIL decode to RGB (``drorae.data.folders.load_rgb``), nothing else
   tv-decode           ``torchvision.io.decode_jpeg`` on the file bytes (libjpeg-turbo), nothing else
   adm-crop+flip       what ``LabeledImageFolder`` returns per sample for train-dit / stats / cache-latents:
                       PIL decode + ADM centre crop (box halving + bicubic) to ``--crop`` + flip -> float tensor
@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from drorae.data import ImageFolderDataset, collate_skipping, list_images, load_rgb  # noqa: E402
+from drorae.data.folders import ImageFolderDataset, collate_skipping, list_images, load_rgb  # noqa: E402
 from drorae.generation.latents import LabeledImageFolder, collate_samples  # noqa: E402
 
 

@@ -50,8 +50,8 @@ try:
 except ImportError:  # run from a checkout without PYTHONPATH=src
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from drorae.backbones import FrozenBackbone, load_backbone  # noqa: E402
-from drorae.fusion import DepthRoutedFusion, FusionConfig  # noqa: E402
+from drorae.tokenizer.backbones import FrozenBackbone, load_backbone  # noqa: E402
+from drorae.tokenizer.fusion import DepthRoutedFusion, FusionConfig  # noqa: E402
 
 MB = 1024**2
 

@@ -1,9 +1,9 @@
 """Training throughput of one phase-1, phase-2 and phase-3 step (images/s, peak memory).
 
-Runs the real engine (``drorae.training.Trainer.train_step``: forward, losses, backward, optimizer,
+Runs the real engine (``drorae.tokenizer.training.Trainer.train_step``: forward, losses, backward, optimizer,
 EMA, discriminator step) on random images with random weights, so nothing is downloaded. Default
 shapes are the paper's: DINOv2-B-with-registers (224 px input, 16x16 tokens of width 768) and the
-ViT-XL decoder (256 px output); ``--preset cpu-tiny`` uses configs/cpu-tiny.yaml instead.
+ViT-XL decoder (256 px output); ``--preset cpu-tiny`` uses configs/tokenizer/cpu-tiny.yaml instead.
 
     python benchmarks/train_throughput.py --device cpu --batch 2 --iters 2
     python benchmarks/train_throughput.py --device cuda --batch 64 --precision bf16 fp32 --compile off on
@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from drorae.training import Trainer, build_model, load_config  # noqa: E402
+from drorae.tokenizer.training import Trainer, build_model, load_config  # noqa: E402
 
 PAPER = [
     "model.backbone.random.hidden_size=768",
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
 
     rows = []
-    base = REPO / "configs" / "cpu-tiny.yaml"
+    base = REPO / "configs" / "tokenizer" / "cpu-tiny.yaml"
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precision:
             for compile_ in args.compile:

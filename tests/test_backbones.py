@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drorae.backbones import BackboneNotFoundError, load_backbone
+from drorae.tokenizer.backbones import BackboneNotFoundError, load_backbone
 
 
 @pytest.mark.parametrize("fixture,prefix", [("dinov2_reg_dir", 5), ("dinov2_dir", 1)])

@@ -90,7 +90,7 @@ def test_every_command_is_tested_and_runs_a_library_function():
 
 
 def test_train_help_lists_every_phase_from_the_phase_table(capsys):
-    from drorae.training import PHASES
+    from drorae.tokenizer.training import PHASES
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])

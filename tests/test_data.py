@@ -1,4 +1,4 @@
-"""Tests for drorae.data: listing, robust decoding, skip accounting, determinism, resuming."""
+"""Tests for drorae.data.folders: listing, robust decoding, skip accounting, determinism, resuming."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from drorae.data import (
+from drorae.data.folders import (
     ImageFolderDataset,
     ResumableSampler,
     SkipCounter,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from drorae import BackboneConfig, DecoderConfig, DRoRAE, DRoRAEConfig, FusionConfig
-from drorae.evaluation import adm_center_crop, evaluate
+from drorae.evaluation.reconstruction import adm_center_crop, evaluate
 
 from .training.conftest import REPO, write_images
 
@@ -65,7 +65,7 @@ def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_
     assert arr.shape == (11, 32, 32, 3) and arr.dtype == np.uint8
     assert report["num_images"] == 11 and report["skipped_files"] == 1
     # recompute PSNR and SSIM from the npz and the ADM crops of the inputs
-    from drorae.data import list_images, load_rgb
+    from drorae.data.folders import list_images, load_rgb
 
     paths = [p for p in list_images(val_dir) if p.name != "broken.png"]
     originals = np.stack([adm_center_crop(load_rgb(p), 32) for p in paths])
@@ -81,7 +81,7 @@ def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_
     else:  # torchmetrics' FID on the same network, originals vs the npz: another implementation of the distance
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        from drorae.metrics import load_inception_fid
+        from drorae.evaluation.metrics import load_inception_fid
 
         net = load_inception_fid()
 
@@ -113,7 +113,7 @@ def test_eval_resumes_from_its_shards_and_fusion_off_is_plain_rae(tiny_model_dir
     assert not off["fusion"] and off["metrics"]["psnr"] != first["metrics"]["psnr"]
     model = DRoRAE.from_pretrained(tiny_model_dir).eval()
     model.fusion_enabled = False
-    from drorae.data import list_images, load_rgb
+    from drorae.data.folders import list_images, load_rgb
 
     first_readable = next(p for p in list_images(val_dir) if p.name != "broken.png")
     x = torch.from_numpy(adm_center_crop(load_rgb(first_readable), 32)).permute(2, 0, 1)[None].float() / 255
@@ -189,7 +189,7 @@ def test_ref_npz_without_statistics_uses_the_users_inception_file(tiny_model_dir
     ``--inception`` file, on the run's device), not from a default lookup that ignores both."""
     import shutil
 
-    from drorae import metrics
+    from drorae.evaluation import metrics
 
     installed = metrics._find_installed_inception()
     if installed is None:

@@ -88,8 +88,8 @@ def _dit_dir(root):
 
 
 def _decoder(root):
-    from drorae.decoder import DecoderConfig, RAEDecoder
     from drorae.interop.decoder_keys import export_decoder_state_dict
+    from drorae.tokenizer.decoder import DecoderConfig, RAEDecoder
 
     cfg = DecoderConfig(latent_dim=64, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=4,
                         num_patches=64)  # fmt: skip

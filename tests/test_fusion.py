@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from drorae import ConfigError
-from drorae.fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, paper_param_count
+from drorae.tokenizer.fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, paper_param_count
 
 L, B, N, C = 4, 2, 9, 32
 

@@ -1,4 +1,4 @@
-"""Tests for drorae.metrics: PSNR/SSIM against closed forms and skimage, Fréchet distance maths."""
+"""Tests for drorae.evaluation.metrics: PSNR/SSIM against closed forms and skimage, Fréchet distance maths."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data as skdata
 
-from drorae.metrics import (
+from drorae.evaluation.metrics import (
     INCEPTION_FID_SHA256,
     FeatureStats,
     FrechetFeatureDistance,
@@ -243,7 +243,7 @@ def test_load_inception_fid_checks_sha256(tmp_path: Path) -> None:
 
 
 def _real_inception_path():
-    from drorae.metrics import _find_installed_inception
+    from drorae.evaluation.metrics import _find_installed_inception
 
     return os.environ.get("DRORAE_INCEPTION_FID") or _find_installed_inception()
 

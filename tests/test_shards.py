@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from drorae.cli import main
-from drorae.data import ImageFolderDataset, ResumableSampler, SkipCounter, collate_skipping, list_images
-from drorae.shards import expand_shards, index_shards, is_shard_spec, write_shards
+from drorae.data.folders import ImageFolderDataset, ResumableSampler, SkipCounter, collate_skipping, list_images
+from drorae.data.shards import expand_shards, index_shards, is_shard_spec, write_shards
 
 from .training.conftest import CPU_TINY, write_images
 
@@ -83,7 +83,7 @@ def test_training_from_shards_resumes_mid_epoch_to_the_uninterrupted_weights(sha
     """The sampler's epoch and position are dataset indices: a resume from shards continues at the same sample."""
     from safetensors.torch import load_file
 
-    from drorae.training import Trainer, load_config
+    from drorae.tokenizer.training import Trainer, load_config
 
     cfg = load_config(CPU_TINY, ["train.max_steps=5", "train.checkpoint_every=2", "loss.discriminator=none"])
     Trainer(cfg, "1", tmp_path / "full", data_dir=shards, progress=False).run()

@@ -224,7 +224,8 @@ def test_the_model_package_does_not_import_the_training_code(dinov2_reg_dir):
         f"m = DRoRAE.from_config(DRoRAEConfig(backbone=BackboneConfig(name_or_path={str(dinov2_reg_dir)!r}, "
         "input_size=32),"
         " decoder=DecoderConfig(preset='ViT-B', patch_size=4), fusion=FusionConfig(expert_hidden=8)))\n"
-        "bad = sorted(k for k in sys.modules if k.startswith(('drorae.training', 'drorae.engine', 'drorae.demo')))\n"
+        "bad = sorted(k for k in sys.modules\n"
+        "             if k.startswith(('drorae.tokenizer.training', 'drorae.engine', 'drorae.demo')))\n"
         "assert not bad, bad\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -236,7 +237,7 @@ class TestDRoRAEModel(ModelTesterMixin):
 
     def make_model(self, tmp_path):
         from drorae import BackboneConfig, DRoRAEConfig
-        from drorae.backbones import RandomBackboneConfig
+        from drorae.tokenizer.backbones import RandomBackboneConfig
 
         torch.manual_seed(0)
         config = DRoRAEConfig(

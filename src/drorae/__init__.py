@@ -6,12 +6,12 @@ RAE-compatible ViT decoder; plus training, evaluation and the offline demo.
 
 __version__ = "0.3.0"
 
-from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, load_backbone  # noqa: E402
 from .configuration import ConfigError  # noqa: E402
-from .decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder  # noqa: E402
-from .fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, FusionOutput  # noqa: E402
 from .interop import export_rae, import_rae  # noqa: E402
-from .tokenizer import DRoRAE, DRoRAEConfig, DRoRAEOutput  # noqa: E402
+from .tokenizer.backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, load_backbone  # noqa: E402
+from .tokenizer.decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder  # noqa: E402
+from .tokenizer.fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, FusionOutput  # noqa: E402
+from .tokenizer.model import DRoRAE, DRoRAEConfig, DRoRAEOutput  # noqa: E402
 
 __all__ = [
     "ConfigError",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from drorae.data import ImageFolderDataset, collate_skipping, list_images
+from drorae.data.folders import ImageFolderDataset, collate_skipping, list_images
 from drorae.demo.photos import (
     HELDOUT_PHOTOS,
     PHOTO_NAMES,

@@ -84,12 +84,12 @@ def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
     per-model path: drorae eval's per-image scores on decode(encode(x)), and an FD with its own backbone passes."""
     import torch
 
-    from drorae.backbones import load_backbone
     from drorae.demo import evaluate_models
     from drorae.demo import photos as sample_data
-    from drorae.evaluation import image_scores, quantize
-    from drorae.metrics import FrechetFeatureDistance
-    from drorae.tokenizer import DRoRAE
+    from drorae.evaluation.metrics import FrechetFeatureDistance
+    from drorae.evaluation.reconstruction import image_scores, quantize
+    from drorae.tokenizer.backbones import load_backbone
+    from drorae.tokenizer.model import DRoRAE
 
     report = json.loads((demo_out / "report.json").read_text())
     crop = report["plan"]["crop"]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-DIT_TINY = REPO / "configs" / "dit" / "dit-tiny-cpu.yaml"  # _base_: the packaged demo config
+DIT_TINY = REPO / "configs" / "generation" / "dit-tiny-cpu.yaml"  # _base_: the packaged demo config
 #: overrides that make the tiny DiT config take a fraction of a second per step on the test tokenizer
 FAST = [
     "dit.hidden_size=32",
@@ -49,7 +49,7 @@ def class_dir(tmp_path_factory):
 def tokenizer_dir(tmp_path_factory):
     """A tiny random-backbone DRoRAE with fusion on (latent [16, 4, 4], 32 px), saved with save_pretrained."""
     from drorae import BackboneConfig, DecoderConfig, DRoRAE, DRoRAEConfig, FusionConfig
-    from drorae.backbones import RandomBackboneConfig
+    from drorae.tokenizer.backbones import RandomBackboneConfig
 
     torch.manual_seed(0)
     config = DRoRAEConfig(

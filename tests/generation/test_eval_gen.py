@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from drorae.cli import main
-from drorae.generation.evaluation import evaluate_generation
+from drorae.evaluation.generation import evaluate_generation
 
 torch_fidelity = pytest.importorskip("torch_fidelity")
 

@@ -20,8 +20,8 @@ HEADS = ["--num-heads", "2", "--head-num-heads", "2"]
 def rae_files(tmp_path_factory):
     """What an RAE user holds, at toy size: a backbone, RAE's decoder checkpoint and ``stat.pt`` for the
     fixture DiTs' [8, 4, 4] latent (hidden 8, patch 8 at 32 px)."""
-    from drorae.decoder import DecoderConfig, RAEDecoder
     from drorae.interop.decoder_keys import export_decoder_state_dict
+    from drorae.tokenizer.decoder import DecoderConfig, RAEDecoder
     from tests.conftest import randomize, save_tiny_dinov2
 
     root = tmp_path_factory.mktemp("rae_files")

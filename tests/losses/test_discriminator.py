@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drorae.losses import DinoFeatureDiscriminator, PatchDiscriminator, build_discriminator
+from drorae.tokenizer.losses import DinoFeatureDiscriminator, PatchDiscriminator, build_discriminator
 
 
 def _save(model: torch.nn.Module, path: Path) -> Path:

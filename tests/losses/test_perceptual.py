@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from drorae.losses import LPIPS_VGG16_FILENAME, build_perceptual_loss
-from drorae.losses.perceptual import LPIPSLoss, STLPIPSLoss
+from drorae.tokenizer.losses import LPIPS_VGG16_FILENAME, build_perceptual_loss
+from drorae.tokenizer.losses.perceptual import LPIPSLoss, STLPIPSLoss
 
 CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 

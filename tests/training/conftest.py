@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-CPU_TINY = REPO / "configs" / "cpu-tiny.yaml"
+CPU_TINY = REPO / "configs" / "tokenizer" / "cpu-tiny.yaml"
 
 
 def write_images(folder: Path, count: int, seed: int = 0, size=(40, 48)) -> Path:
@@ -30,7 +30,7 @@ def image_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def phase1_run(tmp_path_factory, image_dir):
     """A short phase-1 run shared by tests of the later phases."""
-    from drorae.training import Trainer, load_config
+    from drorae.tokenizer.training import Trainer, load_config
 
     out = tmp_path_factory.mktemp("phase1")
     cfg = load_config(CPU_TINY, ["train.max_steps=3"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from drorae.training import ConfigError, Trainer, load_config
+from drorae.tokenizer.training import ConfigError, Trainer, load_config
 
 from .conftest import CPU_TINY, REPO, write_images
 
@@ -81,17 +81,19 @@ def test_a_preset_and_a_contradicting_size_fail_naming_both(tmp_path):
         match=r"model.decoder.preset='ViT-XL' sets model.decoder.hidden_size=1152, "
         r"but model.decoder.hidden_size=512 was given",
     ):
-        load_config(REPO / "configs" / "paper" / "phase1.yaml", ["model.decoder.hidden_size=512"])
+        load_config(REPO / "configs" / "tokenizer" / "paper" / "phase1.yaml", ["model.decoder.hidden_size=512"])
     with pytest.raises(
         ConfigError,
         match=r"model.fusion.preset='paper-appendix-a' sets model.fusion.expert_hidden=3072, "
         r"but model.fusion.expert_hidden=1536 was given",
     ):
-        load_config(REPO / "configs" / "paper" / "phase2-appendix-a.yaml", ["model.fusion.expert_hidden=1536"])
+        load_config(
+            REPO / "configs" / "tokenizer" / "paper" / "phase2-appendix-a.yaml", ["model.fusion.expert_hidden=1536"]
+        )
     # agreeing values are fine, and so is a preset switched off for explicit sizes
-    assert load_config(REPO / "configs" / "paper" / "phase1.yaml", ["model.decoder.hidden_size=1152"])
+    assert load_config(REPO / "configs" / "tokenizer" / "paper" / "phase1.yaml", ["model.decoder.hidden_size=1152"])
     cfg = load_config(
-        REPO / "configs" / "paper" / "phase1.yaml",
+        REPO / "configs" / "tokenizer" / "paper" / "phase1.yaml",
         [
             "model.decoder.preset=null",
             "model.decoder.hidden_size=512",
@@ -122,14 +124,14 @@ def _dinov2_base_shaped_backbone():
     return FrozenBackbone(model, "dinov2", input_size=224, name_or_path="meta")
 
 
-TOKENIZER_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "dit" not in p.relative_to(REPO).parts)
+TOKENIZER_CONFIGS = sorted((REPO / "configs" / "tokenizer").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", TOKENIZER_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_builds_its_model(path):
     """Paper-size models are built on the meta device (shapes and parameter counts, no memory)."""
     from drorae import DRoRAE
-    from drorae.fusion import paper_param_count
+    from drorae.tokenizer.fusion import paper_param_count
 
     cfg = load_config(path)
     paper = cfg.model.backbone.name_or_path is not None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from drorae import DRoRAE
-from drorae.training import Trainer, load_config
+from drorae.tokenizer.training import Trainer, load_config
 
 from .conftest import CPU_TINY
 
@@ -79,7 +79,7 @@ def test_phase3_needs_a_fusion_module(tmp_path, image_dir, phase1_run):
 
 
 def test_the_tokenizer_manual_shows_the_phase_table_the_code_uses():
-    from drorae.training.phases import PHASES, phase_table_markdown
+    from drorae.tokenizer.training.phases import PHASES, phase_table_markdown
 
     from .conftest import REPO
 

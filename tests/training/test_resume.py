@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from drorae.engine import checkpoint as ckpt
-from drorae.training import NonFiniteLossError, Trainer, load_config
+from drorae.tokenizer.training import NonFiniteLossError, Trainer, load_config
 
 from .conftest import CPU_TINY, env, train_args, wait_for_checkpoint
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from drorae.fusion import DepthRoutedFusion, FusionConfig
-from drorae.sweeps import expected_fusion_params, fit_log_linear, parse_int_list
+from drorae.tokenizer.fusion import DepthRoutedFusion, FusionConfig
+from drorae.tokenizer.sweeps import expected_fusion_params, fit_log_linear, parse_int_list
 
 from .conftest import CPU_TINY
 
@@ -77,7 +77,7 @@ def test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points(pha
 
 def test_ablation_command_runs_every_table_once_per_distinct_run(phase1_run, image_dir, tmp_path):
     from drorae.cli import main
-    from drorae.sweeps import BETAS, ablation_cells
+    from drorae.tokenizer.sweeps import BETAS, ablation_cells
 
     cells = ablation_cells(("design", "beta", "energy_norm", "strategy"), max_steps=2)
     points = {c["point"] for c in cells}

@@ -49,7 +49,7 @@ def _cmd_data_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
-    from ..shards import write_shards
+    from ..data.shards import write_shards
 
     info = write_shards(args.src, args.out, args.shard_size)
     print(

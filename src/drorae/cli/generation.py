@@ -101,7 +101,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_gen(args: argparse.Namespace) -> int:
-    from ..generation.evaluation import evaluate_generation
+    from ..evaluation.generation import evaluate_generation
 
     report = evaluate_generation(
         args.samples,
@@ -164,7 +164,7 @@ def add_parsers(sub) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--data", help="image folder with class sub-folders (encoded on the fly)")
     group.add_argument("--latents", help="a drorae cache-latents directory")
-    p.add_argument("--config", required=True, help="YAML config (configs/dit-*.yaml)")
+    p.add_argument("--config", required=True, help="YAML config (configs/generation/*.yaml)")
     p.add_argument("--out", required=True, help="run directory: checkpoints/, tensorboard/, samples/, model/")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule spans train.max_steps)")

@@ -53,7 +53,7 @@ def _cmd_import_rae_dit(args: argparse.Namespace) -> int:
 
 def _cmd_export_rae(args: argparse.Namespace) -> int:
     from ..interop import export_rae
-    from ..tokenizer import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     model = DRoRAE.from_pretrained(args.model)
     if args.disable_fusion:

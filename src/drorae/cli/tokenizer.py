@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..training.phases import PHASES
+from ..tokenizer.training.phases import PHASES
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..tokenizer import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     model = DRoRAE.from_pretrained(args.model)
     counts = model.parameter_counts()
@@ -56,8 +56,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from PIL import Image
     from torchvision.utils import save_image
 
-    from ..data import load_rgb, pil_to_tensor
-    from ..tokenizer import DRoRAE
+    from ..data.folders import load_rgb, pil_to_tensor
+    from ..tokenizer.model import DRoRAE
 
     device = torch.device(args.device)
     model = DRoRAE.from_pretrained(args.model, map_location=device).eval()
@@ -88,7 +88,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from ..training import Trainer, load_config
+    from ..tokenizer.training import Trainer, load_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
@@ -101,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate
+    from ..evaluation.reconstruction import evaluate
 
     fusion = None if args.fusion is None else args.fusion == "on"
     report = evaluate(
@@ -126,7 +126,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from ..analysis import analyze
+    from ..tokenizer.analysis import analyze
 
     report = analyze(args.model, args.images, args.out, device=args.device)
     mad = report["spectral_mad"]
@@ -140,7 +140,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _sweep_settings(args: argparse.Namespace):
-    from ..sweeps import SweepSettings
+    from ..tokenizer.sweeps import SweepSettings
 
     return SweepSettings(
         config=args.config,
@@ -171,7 +171,7 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_scaling(args: argparse.Namespace) -> int:
-    from ..sweeps import parse_int_list, run_scaling
+    from ..tokenizer.sweeps import parse_int_list, run_scaling
 
     report = run_scaling(_sweep_settings(args), parse_int_list(args.expert_hidden), parse_int_list(args.layers))
     for name, fits in report["fits"].items():
@@ -184,7 +184,7 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from ..sweeps import run_ablation
+    from ..tokenizer.sweeps import run_ablation
 
     run_ablation(_sweep_settings(args), tuple(args.groups))
     print((Path(args.out) / "ablation.md").read_text())

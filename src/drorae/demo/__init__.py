@@ -3,7 +3,8 @@
 - :mod:`~drorae.demo.photos`: real photos that ship inside scikit-image, split by photo into train and held-out;
 - :mod:`~drorae.demo.backbone`: a tiny DINOv2-with-registers pretrained (and cached) on them, so that its deep
   blocks lose pixel detail the way semantic pretraining does;
-- :mod:`~drorae.demo.pipeline`: layer probe, phases 1-3 and the controls through :class:`drorae.training.Trainer`,
+- :mod:`~drorae.demo.pipeline`: layer probe, phases 1-3 and the controls through
+  :class:`drorae.tokenizer.training.Trainer`,
   evaluation on held-out crops, ``report.md`` / ``report.json`` and figures.
 """
 

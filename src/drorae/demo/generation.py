@@ -92,7 +92,7 @@ def run_generation_demo(
 ) -> dict[str, Any]:
     """Run the toy generation comparison on the tokenizers of a finished ``drorae demo`` at ``demo_out``;
     writes ``<demo_out>/generation/report.md``, ``report.json`` and figures."""
-    from ..generation.evaluation import evaluate_generation
+    from ..evaluation.generation import evaluate_generation
     from ..generation.latents import cache_latents, compute_latent_stats
     from ..generation.sampling import SampleSettings, run_sampling
 
@@ -211,7 +211,7 @@ def _row_metrics(report: dict, history: list[dict] | None) -> dict[str, float]:
 
 
 def _folder_npz(folder: Path, path: Path, size: int) -> Path:
-    from ..generation.evaluation import load_reference
+    from ..evaluation.generation import load_reference
 
     images, _, _ = load_reference(folder, size)
     np.savez(path, arr_0=images)

@@ -9,10 +9,10 @@ reconstruction measures generalisation to new images rather than to new crops of
   (grayscale photos are replicated to RGB).
 - :class:`RandomCropDataset` draws scale-jittered random crops, reproducibly per
   ``(seed, epoch, index)``, in the same sample format as
-  :class:`~drorae.data.ImageFolderDataset`.
+  :class:`~drorae.data.folders.ImageFolderDataset`.
 - :func:`fixed_eval_crops` gives a fixed, seeded tensor of crops for evaluation.
 - :func:`write_sample_dataset` writes the photos as PNG folders that
-  :class:`~drorae.data.ImageFolderDataset` reads.
+  :class:`~drorae.data.folders.ImageFolderDataset` reads.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import EpochSeededDataset, pil_to_tensor, sample_generator, to_rgb
+from ..data.folders import EpochSeededDataset, pil_to_tensor, sample_generator, to_rgb
 
 __all__ = [
     "HELDOUT_PHOTOS",
@@ -204,12 +204,12 @@ class RandomCropDataset(EpochSeededDataset):
     Sample ``index`` of epoch ``e`` picks a photo uniformly at random, a scale
     ``s`` log-uniformly in ``scale``, a ``crop_size * s`` window uniformly inside the photo,
     resizes it to ``crop_size x crop_size`` and, with ``random_flip``, mirrors it with
-    probability 1/2; all of it from :func:`~drorae.data.sample_generator` ``(seed, e, index)``.
+    probability 1/2; all of it from :func:`~drorae.data.folders.sample_generator` ``(seed, e, index)``.
     ``length`` is the number of samples of an epoch. Call :meth:`set_epoch` each epoch.
 
     Returns ``{"image": float tensor [3, crop_size, crop_size] in [0, 1], "index": index}``,
-    the format of :class:`~drorae.data.ImageFolderDataset`, so
-    :func:`~drorae.data.collate_skipping` collates it too.
+    the format of :class:`~drorae.data.folders.ImageFolderDataset`, so
+    :func:`~drorae.data.folders.collate_skipping` collates it too.
     """
 
     def __init__(

@@ -12,7 +12,7 @@ Stages (each timed, each with a progress bar):
 7. ``rae_matched``  control: the phase-1 decoder trained on without fusion for the steps of 2 + 3;
 8. ``eval``      PSNR / SSIM / Frechet distance (backbone features) on held-out crops, figures, report.
 
-Everything trains through :class:`drorae.training.Trainer` with the packaged ``demo.yaml``.
+Everything trains through :class:`drorae.tokenizer.training.Trainer` with the packaged ``demo.yaml``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..training import Trainer, load_config
+from ..tokenizer.training import Trainer, load_config
 from . import photos as sample_photos
 from .backbone import BackboneRecipe, cached_backbone, default_cache_dir
 
@@ -109,9 +109,9 @@ def evaluate_models(
     feeds every model's encoder and the real side of the FD; each model then adds only its
     decoder and one backbone pass over its reconstructions (their FD features).
     """
-    from ..evaluation import image_scores, quantize
-    from ..metrics import FrechetFeatureDistance
-    from ..tokenizer import DRoRAE
+    from ..evaluation.metrics import FrechetFeatureDistance
+    from ..evaluation.reconstruction import image_scores, quantize
+    from ..tokenizer.model import DRoRAE
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
         return backbone(x).z_base.mean(dim=1)
@@ -136,7 +136,7 @@ def evaluate_models(
 @torch.no_grad()
 def reconstructions(model_dir: Path, images: torch.Tensor, backbone=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reconstructions and, when fusion is on, the routing weights [B, N, K]."""
-    from ..tokenizer import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()
     out = model(images)
@@ -175,8 +175,8 @@ def run_demo(
 
     # 2. layer probe ---------------------------------------------------------------------------
     t = stage("layer probe: ridge from each block's tokens to its patch pixels (held-out PSNR)")
-    from ..analysis import probe_backbone
-    from ..backbones import load_backbone
+    from ..tokenizer.analysis import probe_backbone
+    from ..tokenizer.backbones import load_backbone
 
     backbone = load_backbone(str(backbone_dir), input_size=plan.crop)
     train_photos, heldout_photos = sample_photos.load_photos("train"), sample_photos.load_photos("heldout")
@@ -417,7 +417,7 @@ def render_markdown(report: dict) -> str:
 def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, backbone) -> dict[str, str]:
     import matplotlib
 
-    from ..analysis import plot_layer_probe, plot_router_weights, router_weight_maps
+    from ..tokenizer.analysis import plot_layer_probe, plot_router_weights, router_weight_maps
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

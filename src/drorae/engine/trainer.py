@@ -5,7 +5,7 @@ resumable sharded data stream, the learning-rate schedule, the EMA, logging, non
 stops, and checkpoints (safetensors + JSON, atomic) that restore model, EMA, optimizers, data
 position and every rank's own RNG state, so a killed run resumes to the same weights. A subclass
 builds its model, calls :meth:`setup` with what it trains, and implements :meth:`train_step`
-and :meth:`export` (the tokenizer's phases in :mod:`drorae.training`; the diffusion stage next).
+and :meth:`export` (the tokenizer's phases in :mod:`drorae.tokenizer.training`; the diffusion stage next).
 
 Host-device syncs happen only at log and checkpoint steps.
 """
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import ResumableSampler, SkipCounter, collate_skipping
+from ..data.folders import ResumableSampler, SkipCounter, collate_skipping
 from . import checkpoint as ckpt
 from .config import DataConfig, LoopConfig, OptimConfig, to_dict, to_yaml
 from .distributed import setup_distributed

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import EpochSeededDataset, derive_seed, list_images, sample_generator
+from ..data.folders import EpochSeededDataset, derive_seed, list_images, sample_generator
 from ..serialization import read_json, save_safetensors
 
 STATS_NAME = "latent_stats.safetensors"
@@ -42,7 +42,7 @@ STATS_EPS = 1e-5  # RAE: (z - mean) / sqrt(var + 1e-5)
 
 def list_classes(root: str | Path) -> tuple[list[str], list[Path], list[int]]:
     """``(class names, image paths, labels)`` of a ``root/<class>/...`` folder; classes sorted by name."""
-    from ..shards import index_shards, is_shard_spec
+    from ..data.shards import index_shards, is_shard_spec
 
     if is_shard_spec(root):
         members, labels, names = index_shards(root)
@@ -76,7 +76,7 @@ class LabeledImageFolder(EpochSeededDataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..evaluation import adm_item
+        from ..evaluation.reconstruction import adm_item
 
         item = adm_item(self.paths[index], index, self.image_size)
         if item["image"] is None:
@@ -224,7 +224,7 @@ def compute_latent_stats(
     ``flip`` adds every image's mirror image (RAE's training transform flips).
     """
     from ..engine.distributed import setup_distributed
-    from ..tokenizer import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     dist = setup_distributed(device)
     model_dir = Path(model_dir)
@@ -264,7 +264,7 @@ def compute_latent_stats(
 def store_latent_stats(tokenizer, model_dir: Path, moments: LatentMoments, out_dir: str | Path | None) -> dict:
     """Set the tokenizer's normalisation from ``moments`` and write it: in place (only ``config.json`` and
     ``model.safetensors`` are rewritten, each atomically; the backbone files are left alone) or as a copy."""
-    from ..tokenizer import CONFIG_NAME, WEIGHTS_NAME
+    from ..tokenizer.model import CONFIG_NAME, WEIGHTS_NAME
 
     mean, var = moments.mean.float(), moments.var.float()
     tokenizer.set_latent_stats(mean, torch.sqrt(var + STATS_EPS), eps=0.0)
@@ -322,7 +322,7 @@ def cache_latents(
     with its label, in shards of ``shard_size`` images; ``flip`` also stores the latent of the mirror image
     (``latents_flipped``), which training then picks with probability 1/2. Returns ``meta.json`` on rank 0."""
     from ..engine.distributed import setup_distributed
-    from ..tokenizer import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"--dtype {dtype!r} is not float32, bfloat16 or float16")

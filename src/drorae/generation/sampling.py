@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import derive_seed
+from ..data.folders import derive_seed
 from ..serialization import load_safetensors, save_safetensors
 from .dit import DiT
 from .flow import GUIDANCE, SamplerConfig, guided_velocity, sample
@@ -152,7 +152,7 @@ def run_sampling(
     """``drorae sample``: write ``samples.npz``, ``images/*.png``, ``grid.png`` and ``sampling.json``;
     returns the summary on rank 0 (``None`` on other ranks)."""
     from ..engine.distributed import setup_distributed
-    from ..tokenizer import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     s = settings or SampleSettings()
     if s.guidance not in GUIDANCE:

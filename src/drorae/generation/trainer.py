@@ -83,7 +83,7 @@ def load_dit_config(path: str | Path | None = None, overrides: list[str] | None 
 
 def fill_dit_config(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int) -> DiTConfig:
     """``cfg`` with the latent's shape and the class count filled in; a recorded value that differs is an error."""
-    from ..tokenizer import fill_from_backbone
+    from ..tokenizer.model import fill_from_backbone
 
     cfg = fill_from_backbone(cfg, "dit", "the data's class folders", num_classes=num_classes)
     return fill_from_backbone(
@@ -105,7 +105,7 @@ class DiTTrainer(BaseTrainer):
         resume: bool = False,
         progress: bool | None = None,
     ):
-        from ..tokenizer import DRoRAE
+        from ..tokenizer.model import DRoRAE
 
         if (data_dir is None) == (latents_dir is None):
             raise ValueError("train-dit needs exactly one of --data (class folders) or --latents (a cache-latents dir)")

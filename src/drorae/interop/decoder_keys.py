@@ -1,5 +1,5 @@
-"""Decoder checkpoint key maps: drorae's :class:`~drorae.decoder.RAEDecoder` <-> RAE's official decoder (ViT-MAE
-names) and diffusers' ``AutoencoderRAE`` decoder (``to_q``/``to_k``/``to_v``/``to_out.0``), plus
+"""Decoder checkpoint key maps: drorae's :class:`~drorae.tokenizer.decoder.RAEDecoder` <-> RAE's official decoder
+(ViT-MAE names) and diffusers' ``AutoencoderRAE`` decoder (``to_q``/``to_k``/``to_v``/``to_out.0``), plus
 :func:`infer_decoder_config` (a decoder's sizes from its tensor shapes)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import re
 import torch
 from torch import Tensor
 
-from ..decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder
 from ..serialization import CheckpointKeyError
+from ..tokenizer.decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint key maps: RAE's official decoder (ViT-MAE names) and diffusers' AutoencoderRAE.

@@ -238,7 +238,7 @@ def rae_stats_fingerprint(stats: str | Path) -> str:
     """The latent fingerprint of a tokenizer made by ``drorae import-rae DECODER --stats stats`` (fusion off,
     RAE's normalisation ``(z - mean) / sqrt(var + 1e-5)``, scaling 1), without building that tokenizer."""
     from ..generation.latents import latent_fingerprint
-    from ..tokenizer import DRoRAEConfig
+    from ..tokenizer.model import DRoRAEConfig
     from .rae_tokenizer import read_rae_stats
 
     mean, std = torch.broadcast_tensors(*read_rae_stats(Path(stats)))
@@ -267,7 +267,7 @@ def save_rae_dit(
     if stats is not None:
         fingerprint = rae_stats_fingerprint(stats)
     elif tokenizer is not None:
-        from ..tokenizer import DRoRAE
+        from ..tokenizer.model import DRoRAE
 
         fingerprint = stats_fingerprint(DRoRAE.from_pretrained(tokenizer))
     extra = {

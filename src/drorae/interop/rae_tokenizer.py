@@ -20,8 +20,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, load_backbone
-from ..decoder import RAEDecoder
 from ..serialization import (
     CheckpointKeyError,
     load_safetensors,
@@ -29,7 +27,9 @@ from ..serialization import (
     read_json,
     read_state_dict,
 )
-from ..tokenizer import DRoRAE
+from ..tokenizer.backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, load_backbone
+from ..tokenizer.decoder import RAEDecoder
+from ..tokenizer.model import DRoRAE
 from .decoder_keys import convert_rae_decoder_state_dict, export_decoder_state_dict, infer_decoder_config
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"

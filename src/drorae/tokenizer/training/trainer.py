@@ -1,6 +1,6 @@
 """The tokenizer's trainer: one engine for every phase of DRoRAE (paper section 3.3, appendix A).
 
-A phase (:mod:`drorae.training.phases`) is a choice of trainable parameter groups and of whether
+A phase (:mod:`drorae.tokenizer.training.phases`) is a choice of trainable parameter groups and of whether
 the decoder sees latent noise. Frozen groups get no gradients and no optimizer state; the frozen
 backbone runs once per step under ``torch.no_grad()``. Under ``torchrun`` the trained groups (and
 the discriminator) train under :class:`~torch.nn.parallel.DistributedDataParallel`; the frozen
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import ImageFolderDataset
-from ..engine import BaseTrainer, StepOutput
-from ..serialization import load_safetensors, load_strict, model_dir, save_safetensors
-from ..tokenizer import DRoRAE, DRoRAEOutput, fusion_for_backbone
+from ...data.folders import ImageFolderDataset
+from ...engine import BaseTrainer, StepOutput
+from ...serialization import load_safetensors, load_strict, model_dir, save_safetensors
+from ..model import DRoRAE, DRoRAEOutput, fusion_for_backbone
 from .config import TrainConfig
 from .phases import Phase, get_phase
 

@@ -2,8 +2,8 @@
 ``optim`` and ``train`` sections, from YAML files with ``key=value`` overrides.
 
 The ``model:`` section *is* the tokenizer's config (its ``backbone``, ``decoder`` and ``fusion``
-sections are :class:`~drorae.backbones.BackboneConfig`, :class:`~drorae.decoder.DecoderConfig` and
-:class:`~drorae.fusion.FusionConfig`); an explicit size that contradicts a preset fails at load time.
+sections are :class:`~drorae.tokenizer.backbones.BackboneConfig`, :class:`~drorae.tokenizer.decoder.DecoderConfig` and
+:class:`~drorae.tokenizer.fusion.FusionConfig`); an explicit size that contradicts a preset fails at load time.
 """
 
 from __future__ import annotations
@@ -11,11 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..configuration import ConfigError, apply_preset
+from ...configuration import ConfigError, apply_preset
+from ...engine.config import (
+    DataConfig,
+    LoopConfig,
+    OptimConfig,
+    check,
+    load_yaml_config,
+    to_dict,
+    to_yaml,
+    validate_run,
+)
 from ..decoder import DECODER_PRESETS
-from ..engine.config import DataConfig, LoopConfig, OptimConfig, check, load_yaml_config, to_dict, to_yaml, validate_run
 from ..fusion import FUSION_PRESETS, FusionConfig
-from ..tokenizer import DRoRAEConfig
+from ..model import DRoRAEConfig
 
 __all__ = ["ConfigError", "LossConfig", "TrainConfig", "load_config", "to_yaml", "validate"]
 

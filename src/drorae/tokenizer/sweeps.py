@@ -2,7 +2,8 @@
 
 Every point of a sweep trains phase 2 (or the joint ablation) from the same phase-1 decoder with one set of config
 overrides, in its own run directory under ``<out>/points/``, then evaluates it on an image folder with
-:func:`drorae.evaluation.evaluate`. A finished point (its ``point.json``) is skipped when the sweep runs again, and
+:func:`drorae.evaluation.reconstruction.evaluate`. A finished point (its ``point.json``) is skipped when the sweep
+runs again, and
 an unfinished one resumes from its checkpoint, so a sweep survives being killed.
 
 The metric is rFID when the Inception weights are available, else held-out PSNR, and it is named as such.
@@ -43,7 +44,7 @@ def run_point(
 ) -> dict[str, Any]:
     """Train one point (or reuse it) and evaluate it; returns its ``point.json`` record. ``init`` defaults to the
     sweep's phase-1 model (phases 3 and "full" start from a phase-2 point's run directory instead)."""
-    from .evaluation import evaluate
+    from ..evaluation.reconstruction import evaluate
     from .training import Trainer, load_config
 
     run = Path(settings.out) / "points" / name
@@ -92,9 +93,9 @@ def run_point(
 def latent_shift(model_dir: str | Path, eval_data: str | Path, num: int | None = None, batch_size: int = 32) -> float:
     """Fréchet distance between the token distributions of ``z_final`` and ``z_base`` on ``eval_data``: how far
     fusion moves the latent a diffusion model would have to learn (a cheap stand-in for "DiT loss at epoch 12")."""
-    from .evaluation import EvalImages
-    from .metrics import FeatureStats, frechet_distance
-    from .tokenizer import DRoRAE
+    from ..evaluation.metrics import FeatureStats, frechet_distance
+    from ..evaluation.reconstruction import EvalImages
+    from .model import DRoRAE
 
     model = DRoRAE.from_pretrained(model_dir).eval()
     data = EvalImages(eval_data, model.decoder.config.image_size, num)
@@ -177,7 +178,7 @@ def run_scaling(settings: SweepSettings, expert_hidden: list[int], layers: list[
 
 def _backbone_blocks(init: str | Path) -> int:
     """L, the block count of the backbone the sweep's phase-1 model was trained on."""
-    from .tokenizer import upgrade_legacy_config
+    from .model import upgrade_legacy_config
     from .training.trainer import resolve_model_dir
 
     config = json.loads((resolve_model_dir(init) / "config.json").read_text())

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..serialization import load_torch_file
+from ...serialization import load_torch_file
 
 __all__ = [
     "LPIPS_VGG16_FILENAME",

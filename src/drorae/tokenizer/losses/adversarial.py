@@ -109,7 +109,7 @@ class ReconstructionLoss(nn.Module):
 
     Args:
         l1_weight: weight of the pixel L1 term.
-        perceptual: a frozen perceptual module (see :func:`~drorae.losses.build_perceptual_loss`)
+        perceptual: a frozen perceptual module (see :func:`~drorae.tokenizer.losses.build_perceptual_loss`)
             with a ``name`` attribute, or ``None``.
         perceptual_weight: weight of the perceptual term (0 skips computing it).
         gan_weight: weight of the adaptively scaled GAN term (0 disables the GAN).

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..metrics import FeatureStats
+from ...evaluation.metrics import FeatureStats
 
 __all__ = [
     "patchify",
@@ -82,7 +82,7 @@ class RidgeAccumulator:
     """Streaming sufficient statistics for ridge regression ``Y ~ X W + b``.
 
     The joint running mean and centred second moment of ``[X, Y]`` (a
-    :class:`~drorae.metrics.FeatureStats`, float64, Chan et al.'s parallel update), whose blocks
+    :class:`~drorae.evaluation.metrics.FeatureStats`, float64, Chan et al.'s parallel update), whose blocks
     are the means of ``X`` and ``Y`` and the centred cross-products ``Xc^T Xc`` and ``Xc^T Yc``:
     fitting on many batches gives the answer of fitting on their concatenation without holding
     all tokens in memory.

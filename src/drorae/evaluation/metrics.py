@@ -1,5 +1,5 @@
 """Image metrics: PSNR and Fréchet distances in arbitrary feature spaces (SSIM is torchmetrics', as RAE's
-evaluation computes it: see :mod:`drorae.evaluation`).
+evaluation computes it: see :mod:`drorae.evaluation.reconstruction`).
 
 Conventions used throughout this module:
 

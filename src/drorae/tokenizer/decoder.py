@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .configuration import ConfigError, apply_preset, config_from_dict, require
-from .embeddings import sincos_pos_embed_2d
+from ..configuration import ConfigError, apply_preset, config_from_dict, require
+from ..embeddings import sincos_pos_embed_2d
 
 # RAE's decoder sizes (its configs/decoder/ViT{B,L,XL}); the paper uses ViT-XL.
 DECODER_PRESETS = {

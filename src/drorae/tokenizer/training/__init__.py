@@ -1,7 +1,7 @@
 """Training the tokenizer: its config, its phases and its trainer (on the shared :mod:`drorae.engine`)."""
 
-from ..configuration import ConfigError
-from ..engine import NonFiniteLossError, TrainResult
+from ...configuration import ConfigError
+from ...engine import NonFiniteLossError, TrainResult
 from .config import LossConfig, TrainConfig, load_config
 from .phases import PHASES, Phase, get_phase
 from .trainer import Trainer, build_model, prepare_for_phase, set_trainable
