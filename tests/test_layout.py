@@ -91,3 +91,14 @@ def test_links_in_the_readme_and_docs_resolve():
                 if anchor not in slugs:
                     broken.append(f"{page.relative_to(root)}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_the_readme_python_example_imports_from_the_public_api():
+    """The landing page's code imports what the package exports (run without its hub backbone)."""
+    import re
+
+    root = PACKAGE.parents[1]
+    block = re.search(r"```python\n(.*?)```", (root / "README.md").read_text(), flags=re.S).group(1)
+    imports = "\n".join(line for line in block.splitlines() if line.startswith(("import ", "from ")))
+    assert "from drorae import" in imports
+    exec(compile(imports, "README.md", "exec"), {})
