@@ -36,6 +36,22 @@ def test_every_command_has_help(command, capsys):
     assert "usage: drorae " + command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_names_what_it_is_missing(command, capsys):
+    """Beyond --help: without its arguments a command stops before any work with argparse's usage error, which
+    names each required argument its parser declares."""
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    required = [a for a in parser._actions if a.required]  # options marked required, positionals, sub-commands
+    if not required:
+        pytest.skip(f"{command} runs with its defaults (nothing is required)")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"usage: drorae {command}" in err
+    named = [a.option_strings[0] if a.option_strings else (a.metavar or a.dest) for a in required]
+    assert all(name in err for name in named), (command, named, err)  # argparse lists every missing one
+
+
 def test_console_script_is_installed_or_module_runs():
     out = subprocess.run([sys.executable, "-m", "drorae.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "import-rae" in out.stdout
