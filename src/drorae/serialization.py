@@ -137,7 +137,7 @@ def load_torch_file(path: str | Path, what: str = "a torch.save checkpoint") -> 
 
 def npz_files(path: str | Path, what: str = "an .npz file") -> list[str]:
     """The member names of an ``.npz`` without reading its arrays (an early check of a file read later)."""
-    return list(load_npz(path, what, keys=(), _names=True))
+    return _read_npz(path, what, lambda data: list(data.files))
 
 
 def npz_array_header(path: str | Path, name: str, what: str = "an .npz file") -> tuple[tuple[int, ...], np.dtype]:
@@ -155,9 +155,14 @@ def npz_array_header(path: str | Path, name: str, what: str = "an .npz file") ->
 
 
 def load_npz(
-    path: str | Path, what: str = "an .npz file", keys: tuple[str, ...] | None = None, _names: bool = False
+    path: str | Path, what: str = "an .npz file", keys: tuple[str, ...] | None = None
 ) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` (only ``keys`` when given, those present), read without pickle."""
+    return _read_npz(path, what, lambda data: {k: data[k] for k in data.files if keys is None or k in keys})
+
+
+def _read_npz(path: str | Path, what: str, read):
+    """``read(NpzFile)`` with ``allow_pickle=False``; a missing, foreign or corrupt file is one clear error."""
     import zipfile
 
     path = Path(path)
@@ -168,9 +173,7 @@ def load_npz(
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise ForeignFileError(f"{path} is not {what}: it is a single .npy array, not an .npz archive")
-            if _names:
-                return dict.fromkeys(data.files)
-            return {k: data[k] for k in data.files if keys is None or k in keys}
+            return read(data)
     except ForeignFileError:
         raise
     except ValueError:  # pickled data (numpy would suggest allow_pickle=True: drorae never does)

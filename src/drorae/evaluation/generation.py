@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..serialization import ForeignFileError, load_npz, load_torch_file, npz_array_header, npz_files
-from .metrics import FeatureStats, frechet_distance
+from .metrics import FeatureStats, features_of, frechet_distance
 
 IS_NOTE = (
     "Inception Score and KID not computed: they need the Inception network's logits, which the offline FID port "
@@ -94,15 +94,6 @@ def backbone_features(tokenizer_dir: str | Path, device: torch.device) -> tuple[
 
     backbone = DRoRAE.from_pretrained(tokenizer_dir, map_location=device).backbone.eval()
     return (lambda x: backbone(x).z_base.mean(dim=1)), f"FD-backbone (mean-pooled z_base of {tokenizer_dir})"
-
-
-@torch.no_grad()
-def features_of(images: np.ndarray, feature_fn: Callable[[Tensor], Tensor], device, batch_size: int) -> Tensor:
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        out.append(feature_fn(x).float().cpu())
-    return torch.cat(out)
 
 
 def _version(package: str) -> str:

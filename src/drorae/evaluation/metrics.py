@@ -39,6 +39,7 @@ __all__ = [
     "frechet_distance",
     "FeatureStats",
     "FrechetFeatureDistance",
+    "features_of",
     "InceptionFID",
     "load_inception_fid",
     "INCEPTION_FID_SHA256",
@@ -214,6 +215,17 @@ class FeatureStats:
         if self._m2 is None or self.num_samples < 2:
             raise RuntimeError(f"need at least 2 samples for a covariance, have {self.num_samples}")
         return self._m2 / (self.num_samples - 1)
+
+
+@torch.no_grad()
+def features_of(images: np.ndarray, feature_fn: Callable[[Tensor], Tensor], device, batch_size: int) -> Tensor:
+    """``feature_fn`` over uint8 ``images`` ``[N, H, W, 3]`` (an ADM npz's ``arr_0``) in batches, as float32 on the
+    CPU: the one loop that both evaluations (``eval``'s reference npz, ``eval-gen``) run."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        out.append(feature_fn(x).float().cpu())
+    return torch.cat(out)
 
 
 class FrechetFeatureDistance:

@@ -39,7 +39,7 @@ from ..serialization import (
     npz_files,
     save_safetensors,
 )
-from .metrics import FeatureStats, frechet_distance, psnr
+from .metrics import FeatureStats, features_of, frechet_distance, psnr
 
 SHARD_DIR = "shards"
 NPZ_NAME = "reconstructions.npz"
@@ -380,9 +380,7 @@ def _inception_stats_of_npz(images: np.ndarray, net, device: torch.device | str,
     """Pool3 statistics of uint8 ``images`` through ``net``: the Inception network the run loaded (the user's
     ``--inception`` file, on the run's device), the same one that scored the reconstructions."""
     stats = FeatureStats()
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        stats.update(net(x).float().cpu())
+    stats.update(features_of(images, net, device, batch_size))
     return stats
 
 
