@@ -167,20 +167,28 @@ def raw_latents(tokenizer, images: Tensor) -> Tensor:
 
 
 def stats_fingerprint(tokenizer) -> str:
-    """A short hash of how a tokenizer turns images into latents (fusion switch + normalisation buffers), so a
-    latent cache or a DiT trained on one set of statistics is not used with another."""
+    """A short hash of how a tokenizer turns images into latents (base-latent rule, fusion switch, normalisation
+    buffers), so a latent cache or a DiT trained on one latent is not used with another."""
     cfg = tokenizer.config
     stats = (tokenizer.latent_mean, tokenizer.latent_std) if cfg.latent_norm else None
-    return latent_fingerprint(cfg.fusion_enabled, cfg.latent_std_eps, cfg.scaling_factor, stats)
+    rule = None if tokenizer.rae_latent else (tokenizer.latent_layers, tokenizer.latent_global_mean)
+    return latent_fingerprint(cfg.fusion_enabled, cfg.latent_std_eps, cfg.scaling_factor, stats, rule)
 
 
 def latent_fingerprint(
-    fusion_enabled: bool, std_eps: float, scaling_factor: float, stats: tuple[Tensor, Tensor] | None
+    fusion_enabled: bool,
+    std_eps: float,
+    scaling_factor: float,
+    stats: tuple[Tensor, Tensor] | None,
+    latent_rule: tuple[list[int], bool] | None = None,
 ) -> str:
-    """:func:`stats_fingerprint` from its parts (``stats``: the (mean, std) buffers, ``None`` without normalisation),
-    for a DiT whose tokenizer is not at hand (``drorae import-rae-dit --stats``)."""
+    """:func:`stats_fingerprint` from its parts (``stats``: the (mean, std) buffers, ``None`` without normalisation;
+    ``latent_rule``: a layer-mean base latent's ``(layers, global_mean)``, ``None`` for RAE's, which keeps the
+    fingerprints of earlier versions), for a DiT whose tokenizer is not at hand (``drorae import-rae-dit --stats``)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([fusion_enabled, stats is not None, std_eps, scaling_factor]).encode())
+    if latent_rule is not None:
+        digest.update(json.dumps({"latent_layers": list(latent_rule[0]), "global_mean": latent_rule[1]}).encode())
     for value in stats or ():
         digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

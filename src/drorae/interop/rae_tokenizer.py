@@ -208,6 +208,12 @@ def export_rae(model: DRoRAE, directory: str | Path) -> Path:
             "cannot export a DRoRAE with fusion enabled to AutoencoderRAE: diffusers reads only the "
             "backbone's last layer. Set model.fusion_enabled = False to export the plain-RAE tokenizer."
         )
+    if not model.rae_latent:
+        raise ValueError(
+            f"cannot export a DRoRAE whose base latent is a layer mean (backbone.latent_layers="
+            f"{model.latent_layers}, latent_global_mean={model.latent_global_mean}) to AutoencoderRAE: diffusers "
+            "reads only the backbone's last layer, so its latent would differ from the one this decoder was trained on"
+        )
     bb, dec = model.backbone, model.decoder
     hf = bb.model.config
     etype = {"dinov2": "dinov2", "siglip": "siglip2", "mae": "mae"}[bb.family]

@@ -7,6 +7,13 @@ A backbone call runs ONE forward pass and returns
 * ``z_base`` [B, N, C]: LN_bb(z^(L)), the backbone's final LayerNorm WITHOUT its affine
   parameters (RAE's convention), which is the latent of a plain RAE.
 
+A tokenizer's *base latent* is ``z_base`` by default, or RAEv2's layer mean (arXiv 2605.18324),
+:func:`base_latent`, when ``BackboneConfig.latent_layers`` lists several blocks:
+
+    z = (1/K) sum_{l in S} LN_bb(z^(l))  [+ mean_over_tokens(LN_bb(z^(max S))), broadcast to every token]
+
+computed from the same single pass, so tokenizers with different rules share one backbone call.
+
 Images come in on the [0, 1] scale at any size; they are resized to ``input_size`` with
 bicubic interpolation (``align_corners=False``, no antialias, only when the size differs),
 exactly as RAE and diffusers' ``AutoencoderRAE`` do, so imported RAE models encode identically.
@@ -72,6 +79,30 @@ class BackboneConfig:
     pixel_std: list[float] | None = None
     hidden_size: int | None = None  # C
     num_layers: int | None = None  # L
+    # the base latent (RAEv2's layer mean, arXiv 2605.18324): 1-based blocks whose LN_bb outputs are averaged
+    # (None: the last block only, RAE's latent) and whether the token mean of the deepest one is added
+    latent_layers: list[int] | None = None
+    latent_global_mean: bool = False
+
+    def latent_rule(self, num_layers: int) -> tuple[list[int], bool]:
+        """``(layers, global_mean)`` for a backbone of ``num_layers`` blocks, checked; raises on a bad list."""
+        layers = [num_layers] if self.latent_layers is None else self.latent_layers
+        if (
+            not isinstance(layers, (list, tuple))
+            or not layers
+            or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_layers for k in layers)
+            or len(set(layers)) != len(layers)
+        ):
+            raise ConfigError(
+                f"backbone.latent_layers={self.latent_layers!r} must be distinct 1-based block indices in "
+                f"1..{num_layers}"
+            )
+        return list(layers), bool(self.latent_global_mean)
+
+    def is_rae_latent(self, num_layers: int) -> bool:
+        """Whether the base latent is RAE's ``LN_bb(z^(L))`` (what RAE, diffusers and the paper's eq. 5 assume)."""
+        layers, global_mean = self.latent_rule(num_layers)
+        return layers == [num_layers] and not global_mean
 
     @classmethod
     def from_dict(cls, data: dict) -> BackboneConfig:
@@ -204,6 +235,32 @@ class FrozenBackbone(nn.Module):
         hidden = torch.stack(blocks, dim=0)[:, :, self.num_prefix_tokens :]
         z_base = F.layer_norm(hidden[-1], (self.hidden_size,), eps=self.norm_eps)
         return BackboneOutput(hidden_states=hidden, z_base=z_base)
+
+
+def base_latent(hidden_states: Tensor, z_base: Tensor, layers: list[int], global_mean: bool, eps: float) -> Tensor:
+    """The base latent [B, N, C] from one backbone output: ``z_base`` (RAE) when ``layers`` is the last block only
+    and there is no global term, else RAEv2's layer mean of ``LN_bb`` outputs (a mean, not a sum, as RAEv2's
+    code computes it), plus the token mean of the deepest listed block's ``LN_bb`` output when ``global_mean``."""
+    num_layers, c = hidden_states.shape[0], hidden_states.shape[-1]
+    if layers == [num_layers] and not global_mean:
+        return z_base
+    index = torch.tensor([k - 1 for k in layers], device=hidden_states.device)
+    normed = F.layer_norm(hidden_states.index_select(0, index), (c,), eps=eps)  # [K, B, N, C], one batched LN
+    z = normed.mean(dim=0)
+    if global_mean:
+        z = z + normed[layers.index(max(layers))].mean(dim=1, keepdim=True)  # RAEv2's second term
+    return z
+
+
+def rae_v2_layers(num_layers: int, which: str = "upper") -> list[int]:
+    """RAEv2's layer sets scaled to a backbone of ``num_layers`` blocks (1-based): ``upper`` is every other block
+    of the upper half ending at the last (its "k7" on DINOv3-L's 24 blocks: 12, 14, ..., 24; on 12 blocks 6, 8,
+    10, 12), ``all`` is every block but the first (its "k23")."""
+    if which == "upper":
+        return list(range(num_layers, num_layers // 2 - 1, -2))[::-1]
+    if which == "all":
+        return list(range(2, num_layers + 1))
+    raise ValueError(f"layer set {which!r} is not 'upper' or 'all'")
 
 
 def _resolve_local(name_or_path: str, download: bool) -> str:

@@ -5,6 +5,11 @@
     z_fuse  = LN_bb( sum_k w_k h_k / sqrt(sum_k w_k^2 + eps) )      eq. 4  (energy-constrained)
     z_final = LN_bb( z_base + beta * (z_fuse - z_base) )            eq. 5  (incremental correction)
 
+Eq. 5's outer LN_bb returns the corrected latent to the space of RAE's base, whose tokens are LN_bb outputs.
+On a base that is not (RAEv2's layer mean, arXiv 2605.18324: a mean of LN_bb outputs plus a global term has
+no fixed token norm), the correction is applied without it, ``z_final = z_base + beta (z_fuse - z_base)``, so
+that beta -> 0 tends to the base latent it corrects rather than to a re-normalised copy of it.
+
 LN_bb is the backbone's final LayerNorm without affine parameters (RAE's latent normalisation).
 The L experts are stored as stacked weights and run as batched matmuls: one ``baddbmm`` per
 expert layer for all experts at once, no Python loop over layers in the forward pass.
@@ -243,8 +248,9 @@ class DepthRoutedFusion(nn.Module):
     def ln_bb(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, (self.dim,), eps=self.norm_eps)
 
-    def forward(self, hidden_states: Tensor, z_base: Tensor) -> FusionOutput:
-        """hidden_states [L, B, N, C] (blocks 1..L), z_base [B, N, C] -> FusionOutput."""
+    def forward(self, hidden_states: Tensor, z_base: Tensor, base_normalized: bool = True) -> FusionOutput:
+        """hidden_states [L, B, N, C] (blocks 1..L), z_base [B, N, C] -> FusionOutput. ``base_normalized``: the base
+        is RAE's ``LN_bb(z^(L))`` (eq. 5 as printed); False for a layer-mean base (no outer LN_bb, see above)."""
         if hidden_states.ndim != 4 or hidden_states.shape[0] != self.num_layers or hidden_states.shape[-1] != self.dim:
             raise ValueError(
                 f"hidden_states must be [L={self.num_layers}, B, N, C={self.dim}], got {tuple(hidden_states.shape)}"
@@ -277,7 +283,9 @@ class DepthRoutedFusion(nn.Module):
         if self.correction == "replace":
             z_final = z_fuse
         elif self.beta == 0.0:
-            z_final = z_base  # eq. 5 with beta = 0 is plain RAE (skip LN(LN(x)) rounding)
-        else:
+            z_final = z_base  # eq. 5 with beta = 0 is the base latent (skip LN(LN(x)) rounding)
+        elif base_normalized:
             z_final = self.ln_bb(z_base + self.beta * (z_fuse - z_base))  # eq. 5
+        else:
+            z_final = z_base + self.beta * (z_fuse - z_base)  # eq. 5 on a layer-mean base (no outer LN_bb)
         return FusionOutput(latent=z_final, fused=z_fuse, weights=w.view(b, n, -1))

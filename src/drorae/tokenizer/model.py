@@ -1,6 +1,7 @@
 """DRoRAE: frozen backbone + depth-routed fusion + ViT decoder, with save/load.
 
-    encode:  images [0,1] -> backbone (one pass) -> z^(1..L), z_base -> fusion -> z_final [B,N,C]
+    encode:  images [0,1] -> backbone (one pass) -> z^(1..L) -> base latent (RAE's z_base, or RAEv2's layer
+             mean) -> fusion -> z_final [B,N,C]
              -> [B,C,h,w] -> (z - mean) / (std + eps) -> * scaling_factor            = latent
     decode:  latent -> / scaling_factor -> * (std + eps) + mean -> tokens -> decoder -> patches
              -> unpatchify -> * pixel_std + pixel_mean                                 = images [0,1]-scale
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..configuration import ConfigError, config_from_dict
 from ..serialization import load_safetensors, load_strict, read_json, save_safetensors
-from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, check_backbone
+from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, base_latent, build_backbone, check_backbone
 from .decoder import DecoderConfig, RAEDecoder
 from .fusion import DepthRoutedFusion, FusionConfig, FusionOutput
 
@@ -93,7 +94,7 @@ def upgrade_legacy_config(data: dict) -> dict:
 class DRoRAEOutput:
     reconstruction: Tensor  # [B, 3, H, W], [0, 1] scale (not clamped)
     latent: Tensor  # [B, C, h, w], normalised and scaled
-    z_base: Tensor  # [B, N, C], RAE's latent before fusion
+    z_base: Tensor  # [B, N, C], the base latent before fusion (RAE's, or the layer mean)
     fusion: FusionOutput | None  # fused latent and routing weights, when fusion ran
 
 
@@ -117,10 +118,18 @@ class DRoRAE(nn.Module):
                 f"fusion module is built for C={fusion.dim}, L={fusion.num_layers}; the backbone has "
                 f"C={c}, L={backbone.num_layers}"
             )
-        # The parts' sections always describe the modules; the rest comes from ``config``.
+        # The parts' sections always describe the modules (the backbone's latent rule comes from ``config``).
+        config = config or DRoRAEConfig()
+        rule = {
+            "latent_layers": config.backbone.latent_layers,
+            "latent_global_mean": config.backbone.latent_global_mean,
+        }
+        self.latent_layers, self.latent_global_mean = replace(backbone.config(), **rule).latent_rule(
+            backbone.num_layers
+        )
         self.config = replace(
-            config or DRoRAEConfig(),
-            backbone=backbone.config(),
+            config,
+            backbone=replace(backbone.config(), **rule),
             decoder=decoder.config,
             fusion=fusion.config if fusion is not None else None,
         )
@@ -191,13 +200,24 @@ class DRoRAE(nn.Module):
         """images -> (z_final [B,N,C], z_base [B,N,C], fusion output or None), before normalisation."""
         return self.tokens_from_features(self._run_backbone(images))
 
+    @property
+    def rae_latent(self) -> bool:
+        """Whether the base latent is RAE's ``LN_bb(z^(L))`` (not RAEv2's layer mean)."""
+        return self.latent_layers == [self.backbone.num_layers] and not self.latent_global_mean
+
+    def base_tokens(self, feats: BackboneOutput) -> Tensor:
+        """The base latent [B, N, C] that the decoder reads without fusion and that eq. 5 corrects."""
+        eps = self.backbone.norm_eps
+        return base_latent(feats.hidden_states, feats.z_base, self.latent_layers, self.latent_global_mean, eps)
+
     def tokens_from_features(self, feats: BackboneOutput) -> tuple[Tensor, Tensor, FusionOutput | None]:
         """:meth:`encode_tokens` from an already computed backbone output, so that several
         tokenizers on the same frozen backbone (e.g. the rows of an evaluation) share one pass."""
+        base = self.base_tokens(feats)
         if self.fusion_enabled:
-            fused = self.fusion(feats.hidden_states, feats.z_base)
-            return fused.latent, feats.z_base, fused
-        return feats.z_base, feats.z_base, None
+            fused = self.fusion(feats.hidden_states, base, base_normalized=self.rae_latent)
+            return fused.latent, base, fused
+        return base, base, None
 
     def tokens_to_latent(self, tokens: Tensor) -> Tensor:
         b, n, c = tokens.shape
