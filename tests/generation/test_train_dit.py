@@ -1,5 +1,6 @@
 """``train-dit``: gradient accumulation, cached = on-the-fly latents, resume after SIGKILL, torchrun."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -160,3 +161,22 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint_intact(normed, tmp_p
         trainer.run()
     tensors, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "checkpoints"))
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+
+
+def test_free_guidance_head_trains_with_its_weighted_loss_and_samples(normed, tmp_path):
+    """train-dit with dit.guidance_head_block: the logged loss is flow + weight * head loss; sample --guidance free."""
+    from drorae.cli import main
+
+    run = train(tmp_path / "run", normed / "tok", "dit.guidance_head_block=1", "flow.guidance_head_weight=0.5",
+                latents_dir=normed / "cache")  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "guidance_head_loss" in r]
+    assert len(records) == 6 and all(r["guidance_head_loss"] > 0 for r in records)
+    assert "guidance_head.linear.weight" in weights(run)
+    common = ["sample", "--dit", str(run), "--tokenizer", str(normed / "tok"), "--steps", "3", "--device", "cpu"]
+    common += ["--num", "3"]
+    assert main([*common, "--out", str(tmp_path / "s"), "--guidance", "free", "--scale", "1.78"]) == 0
+    assert (tmp_path / "s" / "samples.npz").is_file()
+    plain = train(tmp_path / "plain", normed / "tok", latents_dir=normed / "cache")
+    common[2] = str(plain)
+    assert main([*common, "--out", str(tmp_path / "p"), "--guidance", "free"]) == 2  # no head: a clear error

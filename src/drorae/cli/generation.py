@@ -179,7 +179,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--dit", required=True, help="train-dit output (its model/ directory or the run directory)")
     p.add_argument("--tokenizer", required=True, help="the DRoRAE directory the DiT was trained on")
     p.add_argument("--guide", help="guide DiT for --guidance autoguidance (smaller or earlier)")
-    p.add_argument("--guidance", default="none", choices=["none", "cfg", "autoguidance"], help="default none")
+    p.add_argument(
+        "--guidance",
+        default="none",
+        choices=["none", "cfg", "autoguidance", "free"],
+        help="default none; free: the DiT's own x-prediction head (RAEv2; dit.guidance_head_block)",
+    )
     p.add_argument("--scale", type=float, default=1.0, help="guidance scale w (default 1)")
     p.add_argument(
         "--interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("T_MIN", "T_MAX"), help="guidance interval"

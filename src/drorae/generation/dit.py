@@ -20,6 +20,15 @@ already SiLU-activated, so they pass through SiLU twice: that is RAE's network a
 a slip here; plain DiT (``head_depth = 0``) applies its single SiLU in (iii) and the final layer to the trunk
 output with ``c``. adaLN modulations and the final linear layer start at zero, so a fresh model outputs 0.
 
+Free guidance (RAEv2, arXiv 2605.18324; optional, ``guidance_head_block = k``): a second output layer on the
+trunk's tokens after block k predicts the clean latent,
+
+    x_hat_base = Linear(modulate(RMSNorm(u), u)) -> unpatchify,   u = SiLU(t_emb(t) + h_k)     [B, C, H, W]
+
+(RAEv2's ``DiTwDDTHeadIG``: the same SiLU'd tokens are the layer's input and its per-token condition, zero-init);
+it costs one small layer in the same forward, no second network. Without it the network and its state dict are
+exactly the ones above.
+
 Labels: ``num_classes`` rows plus one null row (index ``num_classes``) for classifier-free guidance; the
 trainer drops labels to the null class, the model never does (its forward is deterministic).
 """
@@ -83,6 +92,7 @@ class DiTConfig:
     fourier_scale: float = 1.0  # W ~ N(0, fourier_scale^2)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
+    guidance_head_block: int | None = None  # free guidance: trunk block (1-based) feeding the x-prediction head
 
     def resolved(self) -> DiTConfig:
         cfg = replace(self)
@@ -110,6 +120,9 @@ class DiTConfig:
                 )
         if cfg.head_depth and not cfg.head_hidden_size:
             raise ConfigError("dit.head_depth > 0 needs dit.head_hidden_size > 0")
+        k = cfg.guidance_head_block
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.depth):
+            raise ConfigError(f"dit.guidance_head_block={k!r} must be a trunk block in 1..{cfg.depth} (or null)")
         return cfg
 
     @property
@@ -277,6 +290,8 @@ class DiT(nn.Module):
                 DiTBlock(dh, cfg.head_num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.head_depth)
             )
         self.final_layer = FinalLayer(dh if cfg.head_depth else d, cfg.patch_size, cfg.out_channels, cfg.norm_eps)
+        if cfg.guidance_head_block is not None:
+            self.guidance_head = FinalLayer(d, cfg.patch_size, cfg.out_channels, cfg.norm_eps)
         self.initialize_weights()
 
     @property
@@ -303,9 +318,10 @@ class DiT(nn.Module):
         for block in [*self.blocks, *getattr(self, "head_blocks", [])]:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        for final in (self.final_layer, getattr(self, "guidance_head", None)):
+            for layer in (final.adaLN_modulation[-1], final.linear) if final is not None else ():
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """[B, N, p*p*C] -> [B, C, H, W]."""
@@ -313,22 +329,35 @@ class DiT(nn.Module):
         x = x.view(x.shape[0], g, g, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], c, g * p, g * p)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """x_t [B, C, H, W], t [B] in [0, 1] (1 = noise), y [B] labels (``null_class`` = unconditional)."""
+    @property
+    def has_guidance_head(self) -> bool:
+        return self.config.guidance_head_block is not None
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, return_guidance: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x_t [B, C, H, W], t [B] in [0, 1] (1 = noise), y [B] labels (``null_class`` = unconditional) -> v; with
+        ``return_guidance`` (a DiT with a guidance head) ``(v, x_hat_base)`` from the same forward."""
+        if return_guidance and not self.has_guidance_head:
+            raise ValueError("this DiT has no free-guidance head (dit.guidance_head_block is null)")
         t_emb = self.t_embedder(t)
         c = t_emb + self.y_embedder(y)
         if self.config.head_depth:
             c = F.silu(c)  # (i): RAE's DiT^DH activates the condition here and again in every modulation
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
-        for block in self.blocks:
+        x_hat_base = None
+        for k, block in enumerate(self.blocks, start=1):
             h = block(h, c, self.rope)
+            if return_guidance and k == self.config.guidance_head_block:
+                u = F.silu(t_emb.unsqueeze(1) + h)  # RAEv2's input and per-token condition of its base head
+                x_hat_base = self.unpatchify(self.guidance_head(u, u))
         if not self.config.head_depth:
-            return self.unpatchify(self.final_layer(h, c))
-        s = self.s_projector(F.silu(t_emb.unsqueeze(1) + h))  # (ii)
-        g = self.head_embedder(x)
-        for block in self.head_blocks:
-            g = block(g, s, self.head_rope)
-        return self.unpatchify(self.final_layer(g, s))
+            v = self.unpatchify(self.final_layer(h, c))
+        else:
+            s = self.s_projector(F.silu(t_emb.unsqueeze(1) + h))  # (ii)
+            g = self.head_embedder(x)
+            for block in self.head_blocks:
+                g = block(g, s, self.head_rope)
+            v = self.unpatchify(self.final_layer(g, s))
+        return (v, x_hat_base) if return_guidance else v
 
     def parameter_count(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -22,7 +22,14 @@ Samplers integrate from t = 1 towards 0 on a grid of shifted times:
   with its defaults, so there is no RAE reference to match here.)
 
 Guidance wraps the velocity: CFG ``v_u + w (v_c - v_u)`` (inside ``[t_min, t_max]``, conditional elsewhere);
-AutoGuidance ``v_guide + w (v_main - v_guide)`` with both networks conditional, each run once per sample.
+AutoGuidance ``v_guide + w (v_main - v_guide)`` with both networks conditional, each run once per sample; free
+guidance (RAEv2, arXiv 2605.18324) from the DiT's own x-prediction head after an early trunk block, in the
+same forward: with the main network's clean-latent estimate ``x_hat = x_t - t v`` (exact for a velocity model),
+
+    x_hat_g = x_hat_base + w (x_hat - x_hat_base),     v_g = (x_t - x_hat_g) / max(t, 0.05)
+
+(RAEv2's ``forward_with_internalguidance`` and its x-to-velocity conversion). The head trains beside the flow
+loss on ``|x - x_hat_base|^2 / max(t, 0.05)^2``, the velocity-space loss of an x-prediction.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ TIME_DISTRIBUTIONS = ("logit-normal", "uniform")
 SAMPLERS = ("euler", "heun", "sde")
 GRIDS = ("rae", "to-zero")
 RAE_T_END = 1 / 1000  # RAE's ODE stops at shift(1 - (1 - 1/1000)) = shift(1/1000)
-GUIDANCE = ("none", "cfg", "autoguidance")
+GUIDANCE = ("none", "cfg", "autoguidance", "free")
+X_PRED_T_EPS = 0.05  # RAEv2's t_eps: an x-prediction's velocity divides by max(t, 0.05)
 
 
 def dimension_shift(latent_dim: int, base_dim: int = 4096) -> float:
@@ -75,8 +83,24 @@ def interpolate(x: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 
 def flow_matching_loss(model: nn.Module, x: Tensor, noise: Tensor, t: Tensor, y: Tensor) -> Tensor:
     """Unweighted MSE between the network's velocity at ``(x_t, t, y)`` and ``eps - x`` (mean over everything)."""
+    return flow_matching_terms(model, x, noise, t, y, guidance_head=False)["flow"]
+
+
+def x_prediction_loss(x_hat: Tensor, x: Tensor, t: Tensor, t_eps: float = X_PRED_T_EPS) -> Tensor:
+    """``mean |x - x_hat|^2 / max(t, t_eps)^2``: an x-prediction's loss in velocity space (RAEv2's ``compute_loss``
+    for ``prediction="x"``: ``v_hat = (x_t - x_hat) / max(t, eps)`` against ``(x_t - x) / max(t, eps)``)."""
+    scale = t.clamp_min(t_eps).view(-1, *([1] * (x.ndim - 1))).to(torch.float32)
+    return ((x.float() - x_hat.float()) / scale).pow(2).mean()
+
+
+def flow_matching_terms(model: nn.Module, x: Tensor, noise: Tensor, t: Tensor, y: Tensor, guidance_head: bool):
+    """``{"flow": loss}`` and, for a DiT with a free-guidance head, ``"guidance_head"``: its x-prediction loss from
+    the same forward."""
     x_t, target = interpolate(x, noise, t)
-    return (model(x_t, t, y).float() - target.float()).pow(2).mean()
+    if not guidance_head:
+        return {"flow": (model(x_t, t, y).float() - target.float()).pow(2).mean()}
+    v, x_hat_base = model(x_t, t, y, return_guidance=True)
+    return {"flow": (v.float() - target.float()).pow(2).mean(), "guidance_head": x_prediction_loss(x_hat_base, x, t)}
 
 
 def time_grid(steps: int, shift: float, grid: str = "rae") -> Tensor:
@@ -181,7 +205,10 @@ def guided_velocity(
     * ``cfg``: ``v_u + w (v_c - v_u)`` for t in ``interval`` (one forward over the 2B batch ``[cond; null]``),
       ``v_c`` outside it (B only);
     * ``autoguidance``: ``v_g + w (v_m - v_g)``, main and ``guide`` both conditional, each once on the B samples,
-      for t in ``interval``; ``v_m`` outside it.
+      for t in ``interval``; ``v_m`` outside it;
+    * ``free``: the model's own x-prediction head (``model(..., return_guidance=True)``), one forward per step:
+      ``v_g = (x_t - x_hat_g) / max(t, 0.05)``, ``x_hat_g = x_hat_base + w (x_t - t v - x_hat_base)`` in
+      ``interval``; ``v`` outside it.
     """
     if guidance not in GUIDANCE:
         raise ValueError(f"guidance {guidance!r} is not one of {GUIDANCE}")
@@ -189,6 +216,10 @@ def guided_velocity(
         raise ValueError("guidance=autoguidance needs a guide network (--guide DIR)")
     if guidance == "cfg" and null_class is None:
         raise ValueError("guidance=cfg needs the null class index")
+    if guidance == "free" and not getattr(model, "has_guidance_head", False):
+        raise ValueError(
+            "guidance=free needs a DiT trained with a free-guidance head (dit.guidance_head_block); this one has none"
+        )
     lo, hi = interval
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"guidance interval [{lo}, {hi}] must satisfy 0 <= t_min <= t_max <= 1")
@@ -197,6 +228,11 @@ def guided_velocity(
         active = guidance != "none" and in_interval(t_value, interval)
         if not active:
             return model(x, t, labels)
+        if guidance == "free":
+            v, x_hat_base = model(x, t, labels, return_guidance=True)
+            x_hat = x - t_value * v  # the main network's clean-latent estimate
+            x_hat_g = x_hat_base + scale * (x_hat - x_hat_base)
+            return (x - x_hat_g) / max(t_value, X_PRED_T_EPS)
         if guidance == "cfg":
             both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, null_class)]))
             v_c, v_u = both.chunk(2)

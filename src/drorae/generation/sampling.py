@@ -7,8 +7,9 @@
 * The work is cut into chunks of ``batch_size`` samples; under ``torchrun`` rank ``r`` takes chunks
   ``r, r + W, ...``. A finished chunk is a file, so an interrupted 50k run resumes where it stopped; rank 0
   merges the chunks in sample order into ``samples.npz`` (``arr_0`` uint8 ``[N, H, W, 3]``, ``arr_1`` labels).
-* Guidance: none, CFG (one forward over ``[cond; null]`` inside the interval) or AutoGuidance (the main and the
-  guide network each run once per sample, both conditional).
+* Guidance: none, CFG (one forward over ``[cond; null]`` inside the interval), AutoGuidance (the main and the
+  guide network each run once per sample, both conditional) or free guidance (RAEv2: the DiT's own x-prediction
+  head, in the same forward).
 """
 
 from __future__ import annotations
@@ -164,6 +165,11 @@ def run_sampling(
     dit = DiT.from_pretrained(dit_dir, map_location=dev).eval()
     tokenizer = DRoRAE.from_pretrained(tokenizer_dir, map_location=dev).eval()
     _check_pair(dit, tokenizer, dit_dir, tokenizer_dir)
+    if s.guidance == "free" and not dit.has_guidance_head:
+        raise ValueError(
+            f"--guidance free needs a DiT trained with a free-guidance head (dit.guidance_head_block): {dit_dir} "
+            "has none"
+        )
     guide = None
     if guide_dir is not None and s.guidance == "autoguidance":
         guide = DiT.from_pretrained(guide_dir, map_location=dev).eval()

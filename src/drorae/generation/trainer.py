@@ -28,7 +28,7 @@ from .dit import DIT_PRESETS, DiT, DiTConfig
 from .flow import (
     TIME_DISTRIBUTIONS,
     dimension_shift,
-    flow_matching_loss,
+    flow_matching_terms,
     time_from_uniform,
 )
 from .latents import FlowMatchingSamples, LabeledImageFolder, LatentDataset, collate_samples, stats_fingerprint
@@ -39,6 +39,7 @@ class FlowConfig:
     time_distribution: str = "logit-normal"  # logit-normal | uniform
     shift: float | None = None  # None: sqrt(C * h * w / 4096) of the tokenizer's latent (RAE)
     label_dropout: float = 0.1
+    guidance_head_weight: float = 1.0  # weight of the free-guidance head's x-prediction loss (RAEv2: 1)
 
 
 @dataclass
@@ -170,6 +171,8 @@ class DiTTrainer(BaseTrainer):
         self.set_lr()
         last = len(micro_batches) - 1
         total = torch.zeros((), device=self.device)
+        head_total = torch.zeros((), device=self.device)
+        head, head_weight = self.dit.has_guidance_head, self.config.flow.guidance_head_weight
         weights = self.micro_batch_weights(micro_batches)  # the engine's rule: each by its share of the samples
         for i, batch in enumerate(micro_batches):
             x = self.latents_of(batch)
@@ -179,13 +182,17 @@ class DiTTrainer(BaseTrainer):
             no_sync = self.parallel.no_sync() if self.dist.enabled and i < last else nullcontext()
             with no_sync:
                 with self.autocast():
-                    loss = flow_matching_loss(self.parallel, x, noise, t.float(), y)
+                    terms = flow_matching_terms(self.parallel, x, noise, t.float(), y, head)
+                loss = terms["flow"] + head_weight * terms["guidance_head"] if head else terms["flow"]
                 (loss * weights[i]).backward()
             total += loss.detach() * weights[i]
+            if head:
+                head_total += terms["guidance_head"].detach() * weights[i]
             nonfinite |= ~torch.isfinite(loss.detach())
         grad_norm = self.clip_and_step()
         self.step += 1
-        return StepOutput(losses={"loss": total, "grad_norm": grad_norm})
+        losses = {"loss": total, "grad_norm": grad_norm}
+        return StepOutput(losses=losses | ({"guidance_head_loss": head_total} if head else {}))
 
     # -- sample grids --------------------------------------------------------------------------------------------
     @torch.no_grad()
