@@ -45,10 +45,21 @@ def test_demo_writes_every_artifact(demo_out):
             pixels = np.asarray(image.convert("RGB"))
         assert min(pixels.shape[:2]) >= 64 and pixels.std() > 1.0, name  # drawn, not an empty canvas
     fusion = {"phase1": False, "phase2": True, "phase3": True, "rae_matched": False, "rae_decoder_matched": False,
-              "phase2_last_layer": True}  # fmt: skip
+              "phase2_last_layer": True, "layer_mean": False, "layer_mean_all": False, "layer_mean_matched": False,
+              "layer_mean_phase2": True, "layer_mean_phase3": True}  # fmt: skip
+    upper = None
     for stage, on in fusion.items():
         model = DRoRAE.from_pretrained(demo_out / stage / "model")
         assert model.fusion_enabled == on, stage
+        L = model.backbone.num_layers
+        if stage.startswith("layer_mean"):  # RAEv2's rule scaled to the demo backbone, kept through --init
+            assert model.latent_global_mean and not model.rae_latent, stage
+            expected = list(range(2, L + 1)) if stage == "layer_mean_all" else list(range(L, L // 2 - 1, -2))[::-1]
+            assert model.latent_layers == expected, stage
+            upper = upper or model.latent_layers
+        else:
+            assert model.rae_latent, stage
+    assert upper is not None
     last_layer = DRoRAE.from_pretrained(demo_out / "phase2_last_layer" / "model").fusion
     assert last_layer.layers == [last_layer.num_layers]  # the control fuses the last block only
 
@@ -57,7 +68,8 @@ def test_report_json_shape_and_markdown_shows_its_numbers(demo_out):
     report = json.loads((demo_out / "report.json").read_text())
     assert set(report["phases"]) == set(ROWS)
     for row in ROWS:
-        assert set(report["phases"][row]) >= {"psnr", "ssim", "fd"}
+        assert set(report["phases"][row]) == {"psnr", "ssim", "fd", "latent_fd"}
+    assert report["phases"]["rae"]["latent_fd"] == pytest.approx(0.0, abs=1e-6)  # RAE's latent against itself
     assert len(report["layer_probe_psnr"]) == report["backbone"]["recipe"]["num_layers"] + 1
     assert {
         "backbone",
@@ -68,6 +80,11 @@ def test_report_json_shape_and_markdown_shows_its_numbers(demo_out):
         "rae_matched",
         "rae_decoder_matched",
         "phase2_last_layer",
+        "layer_mean",
+        "layer_mean_all",
+        "layer_mean_matched",
+        "layer_mean_phase2",
+        "layer_mean_phase3",
         "eval",
     } <= set(report["seconds"])
     md = (demo_out / "report.md").read_text()
@@ -86,7 +103,7 @@ def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
 
     from drorae.demo import evaluate_models
     from drorae.demo import photos as sample_data
-    from drorae.evaluation.metrics import FrechetFeatureDistance
+    from drorae.evaluation.metrics import FeatureStats, FrechetFeatureDistance, frechet_distance
     from drorae.evaluation.reconstruction import image_scores, quantize
     from drorae.tokenizer.backbones import load_backbone
     from drorae.tokenizer.model import DRoRAE
@@ -95,7 +112,9 @@ def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
     crop = report["plan"]["crop"]
     backbone = load_backbone(report["backbone"]["directory"], input_size=crop)
     images = sample_data.fixed_eval_crops(sample_data.load_photos("heldout"), crop, 12, seed=3)
-    dirs = {"rae": demo_out / "phase1" / "model", "phase2": demo_out / "phase2" / "model"}
+    dirs = {row: demo_out / stage / "model" for row, stage in
+            (("rae", "phase1"), ("phase2", "phase2"), ("layer_mean", "layer_mean"),
+             ("drorae_on_layer_mean", "layer_mean_phase3"))}  # fmt: skip
     shared = evaluate_models(dirs, images, backbone, batch_size=5)  # uneven last batch on purpose
     for row, model_dir in dirs.items():
         model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()
@@ -104,10 +123,16 @@ def test_shared_backbone_evaluation_equals_scoring_each_model_alone(demo_out):
             rec = quantize(model.decode(model.encode(images))).float() / 255
             alone = {k: float(v.mean()) for k, v in image_scores(images, rec).items()}
             fd.update(real=images, fake=rec)
+            tokens, rae = FeatureStats(), FeatureStats()
+            tokens.update(model.encode_tokens(images)[0].flatten(0, 1))
+            rae.update(torch.nn.functional.layer_norm(backbone(images).hidden_states[-1], (model.backbone.hidden_size,),
+                                                      eps=model.backbone.norm_eps).flatten(0, 1))  # fmt: skip
         alone["fd"] = fd.compute()
+        alone["latent_fd"] = max(frechet_distance(rae.mean, rae.covariance, tokens.mean, tokens.covariance), 0.0)
         assert set(shared[row]) == set(alone)
         for name, value in alone.items():
-            assert shared[row][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (row, name)
+            assert shared[row][name] == pytest.approx(value, rel=1e-6, abs=1e-6), (row, name)
+    assert shared["layer_mean"]["latent_fd"] > 1e-3  # a layer mean is not RAE's latent
 
 
 def test_several_seeds_report_mean_and_spread(demo_out, demo_cache, tmp_path, monkeypatch):

@@ -10,7 +10,12 @@ Stages (each timed, each with a progress bar):
 5. ``phase2_last_layer``  control: the same fusion and budget, fed only the last block;
 6. ``phase3``    decoder fine-tuned on the fused latent;
 7. ``rae_matched``  control: the phase-1 decoder trained on without fusion for the steps of 2 + 3;
-8. ``eval``      PSNR / SSIM / Frechet distance (backbone features) on held-out crops, figures, report.
+8. RAEv2's layer-mean latent (arXiv 2605.18324) beside it: ``layer_mean`` (a phase-1 decoder on the mean of the
+   LN_bb outputs of RAEv2's layer set scaled to this depth, plus its global term), ``layer_mean_all`` (every block
+   but the first), ``layer_mean_matched`` (the ``layer_mean`` decoder trained on for the steps of phases 2 + 3) and
+   ``drorae_on_layer_mean`` (phases 2 and 3 on the ``layer_mean`` base);
+9. ``eval``      PSNR / SSIM / Frechet distance (backbone features) on held-out crops, the latent shift of every
+                 row's latent against RAE's, figures, report.
 
 Everything trains through :class:`drorae.tokenizer.training.Trainer` with the packaged ``demo.yaml``.
 """
@@ -31,7 +36,18 @@ from . import photos as sample_photos
 from .backbone import BackboneRecipe, cached_backbone, default_cache_dir
 
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
-ROWS = ("rae", "phase2", "phase3", "rae_matched", "rae_decoder_matched", "phase2_last_layer")
+ROWS = (
+    "rae",
+    "phase2",
+    "phase3",
+    "rae_matched",
+    "rae_decoder_matched",
+    "phase2_last_layer",
+    "layer_mean",
+    "layer_mean_all",
+    "layer_mean_matched",
+    "drorae_on_layer_mean",
+)
 ROW_LABELS = {
     "rae": "RAE baseline (phase 1)",
     "phase2": "DRoRAE phase 2 (fusion, same decoder)",
@@ -39,6 +55,10 @@ ROW_LABELS = {
     "rae_matched": "control: RAE decoder + steps of phases 2+3",
     "rae_decoder_matched": "control: RAE decoder + phase 3's decoder steps",
     "phase2_last_layer": "control: phase 2 fed only the last block",
+    "layer_mean": "RAEv2 layer mean (upper half, every other block)",
+    "layer_mean_all": "RAEv2 layer mean (all blocks but the first)",
+    "layer_mean_matched": "RAEv2 layer mean + steps of phases 2+3",
+    "drorae_on_layer_mean": "DRoRAE phases 2+3 on the layer-mean base",
 }
 #: the training stage each row's model comes from
 ROW_STAGE = {
@@ -48,6 +68,10 @@ ROW_STAGE = {
     "rae_matched": "rae_matched",
     "rae_decoder_matched": "rae_decoder_matched",
     "phase2_last_layer": "phase2_last_layer",
+    "layer_mean": "layer_mean",
+    "layer_mean_all": "layer_mean_all",
+    "layer_mean_matched": "layer_mean_matched",
+    "drorae_on_layer_mean": "layer_mean_phase3",
 }
 
 
@@ -103,13 +127,15 @@ def evaluate_models(
     model_dirs: dict[str, Path], images: torch.Tensor, backbone, batch_size: int = 64
 ) -> dict[str, dict[str, float]]:
     """PSNR / SSIM (``drorae eval``'s conventions: uint8 levels, torchmetrics SSIM) and the Frechet distance in
-    the backbone's feature space (mean-pooled z_base) of every model on ``images``, ``{row: metrics}``.
+    the backbone's feature space (mean-pooled z_base) of every model on ``images``, and ``latent_fd``: the Frechet
+    distance between the row's latent tokens (before normalisation) and RAE's ``z_base`` tokens, how far its
+    latent moved from RAE's, ``{row: metrics}``.
 
     All rows share the frozen ``backbone``: it runs once over the originals, and that pass
     feeds every model's encoder and the real side of the FD; each model then adds only its
     decoder and one backbone pass over its reconstructions (their FD features).
     """
-    from ..evaluation.metrics import FrechetFeatureDistance
+    from ..evaluation.metrics import FeatureStats, FrechetFeatureDistance, frechet_distance
     from ..evaluation.reconstruction import image_scores, quantize
     from ..tokenizer.model import DRoRAE
 
@@ -118,18 +144,25 @@ def evaluate_models(
 
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     features = [backbone(x) for x in batches]
+    rae_tokens = FeatureStats()
+    for feats in features:
+        rae_tokens.update(feats.z_base.flatten(0, 1).double())
     results = {}
     for row, model_dir in model_dirs.items():
         model = DRoRAE.from_pretrained(model_dir, backbone=backbone).eval()  # reuse the loaded frozen backbone
         fd = FrechetFeatureDistance(pooled, "fd")
         sums = {"psnr": 0.0, "ssim": 0.0}
+        latent_tokens = FeatureStats()
         for x, feats in zip(batches, features):
             tokens = model.tokens_from_features(feats)[0]
+            latent_tokens.update(tokens.flatten(0, 1).double())
             reconstruction = quantize(model.decode(model.tokens_to_latent(tokens))).float() / 255
             for key, value in image_scores(x, reconstruction).items():
                 sums[key] += float(value.sum())
             fd.update(fake=reconstruction, real_features=feats.z_base.mean(dim=1))
+        shift = frechet_distance(rae_tokens.mean, rae_tokens.covariance, latent_tokens.mean, latent_tokens.covariance)
         results[row] = {key: value / len(images) for key, value in sums.items()} | {"fd": fd.compute()}
+        results[row]["latent_fd"] = max(float(shift), 0.0)  # 0 up to rounding for RAE's own latent
     return results
 
 
@@ -191,8 +224,15 @@ def run_demo(
         + f", z_base {probe['z_base']:.2f}"
     )
 
-    # 3-7. training stages, once per seed (the backbone and the evaluation crops are shared) -------------
+    # 3-8. training stages, once per seed (the backbone and the evaluation crops are shared) -------------
     L = backbone.num_layers
+    from ..tokenizer.backbones import rae_v2_layers
+
+    def layer_mean(which: str) -> list[str]:
+        layers = ",".join(str(k) for k in rae_v2_layers(L, which))
+        return [f"model.backbone.latent_layers=[{layers}]", "model.backbone.latent_global_mean=true"]
+
+    p23 = plan.phase2_steps + plan.phase3_steps
     stages = [
         ("phase1", "1", None, plan.phase1_steps, plan.lr_decoder, []),
         ("phase2", "2", "phase1", plan.phase2_steps, plan.lr_fusion, []),
@@ -200,6 +240,11 @@ def run_demo(
         ("phase3", "3", "phase2", plan.phase3_steps, plan.lr_finetune, []),
         ("rae_matched", "1", "phase1", plan.phase2_steps + plan.phase3_steps, plan.lr_finetune, []),
         ("rae_decoder_matched", "1", "phase1", plan.phase3_steps, plan.lr_finetune, []),
+        ("layer_mean", "1", None, plan.phase1_steps, plan.lr_decoder, layer_mean("upper")),
+        ("layer_mean_all", "1", None, plan.phase1_steps, plan.lr_decoder, layer_mean("all")),
+        ("layer_mean_matched", "1", "layer_mean", p23, plan.lr_finetune, []),  # --init keeps the latent rule
+        ("layer_mean_phase2", "2", "layer_mean", plan.phase2_steps, plan.lr_fusion, []),
+        ("layer_mean_phase3", "3", "layer_mean_phase2", plan.phase3_steps, plan.lr_finetune, []),
     ]
     histories: dict[str, list] = {}
     per_seed: list[dict] = []
@@ -256,6 +301,8 @@ def run_demo(
         "figures": figures,
         "fd_note": "fd = Frechet distance between mean-pooled z_base features of the frozen demo backbone "
         "(originals vs reconstructions); it is not rFID (no Inception network).",
+        "latent_fd_note": "latent shift FD = Frechet distance between the row's latent tokens (before per-position "
+        "normalisation) and RAE's z_base tokens on the same crops: how far the latent moved from RAE's.",
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(render_markdown(report))
@@ -276,6 +323,18 @@ CLAIMS = (
         "phase 3 beats the RAE decoder trained for phase 3's decoder steps (more information, same decoder steps)",
         "phase3",
         "rae_decoder_matched",
+    ),
+    ("RAEv2's layer mean beats RAE's last layer (same decoder steps)", "layer_mean", "rae"),
+    ("the layer mean over all blocks beats the upper-half layer set", "layer_mean_all", "layer_mean"),
+    (
+        "DRoRAE's routed fusion beats RAEv2's layer mean at equal steps (phase 3 vs layer_mean_matched)",
+        "phase3",
+        "layer_mean_matched",
+    ),
+    (
+        "DRoRAE on the layer-mean base beats the layer mean at equal steps (vs layer_mean_matched)",
+        "drorae_on_layer_mean",
+        "layer_mean_matched",
     ),
 )
 
@@ -323,14 +382,14 @@ def claims(per_seed: list[dict], probe_curve: list[float]) -> list[dict]:
     return out
 
 
-METRIC_DIGITS = (("psnr", 2), ("ssim", 4), ("fd", 4))
+METRIC_DIGITS = (("psnr", 2), ("ssim", 4), ("fd", 4), ("latent_fd", 2))
 
 
 def results_table(report: dict) -> str:
     """One row per model; with several seeds each number is ``mean +- std``."""
     several = len(report.get("seeds", [0])) > 1
-    header = "held-out PSNR (dB) | SSIM | FD (backbone features)"
-    lines = [f"| model | {header} |", "|---|---|---|---|"]
+    header = "held-out PSNR (dB) | SSIM | FD (backbone features) | latent shift FD (vs RAE's latent)"
+    lines = [f"| model | {header} |", "|---|---|---|---|---|"]
     for row in ROWS:
         r, sd = report["phases"][row], report.get("phases_std", {}).get(row, {})
         cells = [f"{r[key]:.{d}f}" + (f" ± {sd[key]:.{d}f}" if several else "") for key, d in METRIC_DIGITS]
@@ -371,6 +430,8 @@ def render_markdown(report: dict) -> str:
         results_table(report),
         "",
         report["fd_note"],
+        "",
+        report["latent_fd_note"],
         "",
         "## Claims",
         "",
