@@ -158,16 +158,32 @@ def test_generation_demo_on_the_demo_tokenizers(demo_out):
     assert main(["demo", "--generation-only", "--quick", "--out", str(demo_out), "--no-progress"]) == 0
     gen = demo_out / "generation"
     report = json.loads((gen / "report.json").read_text())
-    assert set(report["rows"]) == {"rae", "rae_matched", "drorae"}
-    for row in ("rae", "rae_matched", "drorae"):
+    from drorae.demo.generation import COMPARISONS, GUIDED, TOKENIZERS
+
+    assert set(report["rows"]) == set(TOKENIZERS) | set(GUIDED)
+    for row in report["rows"]:
         assert set(report["rows"][row]) == {"fd", "precision", "recall", "final_loss"}
-        assert (gen / row / "tokenizer" / "latent_stats.safetensors").is_file()
         assert (gen / row / "seed0" / "samples" / "samples.npz").is_file()
+    for row in TOKENIZERS:
+        assert (gen / row / "tokenizer" / "latent_stats.safetensors").is_file()
+    # the layer-mean rows carry RAEv2's rule into their statistics' tokenizer; their latents are their own
+    lm_cfg = json.loads((gen / "layer_mean" / "tokenizer" / "config.json").read_text())
+    assert lm_cfg["backbone"]["latent_global_mean"] and len(lm_cfg["backbone"]["latent_layers"]) >= 2
+    assert (gen / "layer_mean" / "latents").is_dir() and (gen / "drorae_on_layer_mean" / "latents").is_dir()
+    # guidance rows: one head-trained main DiT, AutoGuidance with fewer steps at matched FLOPs
+    cost = report["guidance_cost"]
+    assert cost["guide_forward_flops"] < cost["main_forward_flops"]
+    assert cost["evaluations"]["autoguidance"] < cost["evaluations"]["none"] == cost["evaluations"]["free"]
+    flops = cost["flops_per_sample"]
+    assert abs(flops["autoguidance"] - flops["none"]) <= cost["main_forward_flops"] + cost["guide_forward_flops"]
+    runs = {row: json.loads((gen / row / "seed0" / "samples" / "sampling_args.json").read_text()) for row in GUIDED}
+    assert {r["guidance"] for r in runs.values()} == set(GUIDED.values())
+    assert len({r["dit"] for r in runs.values()}) == 1  # the same main network in every mode
     # the DRoRAE row uses the fused latent, the RAE row does not
     drorae_cfg = json.loads((gen / "drorae" / "tokenizer" / "config.json").read_text())
     rae_cfg = json.loads((gen / "rae" / "tokenizer" / "config.json").read_text())
     assert drorae_cfg["fusion_enabled"] and not rae_cfg["fusion_enabled"] and drorae_cfg["latent_norm"]
-    assert set(report["comparison"]) == {"drorae_vs_rae", "drorae_vs_rae_matched"}
+    assert set(report["comparison"]) == {f"{a}_vs_{b}" for a, b in COMPARISONS}
     md = (gen / "report.md").read_text()
     assert f"{report['rows']['drorae']['fd']:.4f}" in md and "not FID" in md
     for name in ("dit_loss.png", "samples.png"):

@@ -15,6 +15,13 @@ better images (gFID 1.74 -> 1.65) than the same DiT on RAE's. At toy scale, with
   *not* FID: there is no Inception network in a CPU-only toy run), with precision/recall (k = 3) on the same
   features; the same numbers for the training crops themselves (the floor a perfect generator would reach).
 
+Beside them, RAEv2's layer-mean latents (arXiv 2605.18324; the demo's ``layer_mean``, ``layer_mean_all`` and
+``drorae_on_layer_mean`` tokenizers) with identical DiT settings and seeds, and on DRoRAE's latents the three
+guidance modes on ONE main network (a DiT^DH trained with RAEv2's free-guidance head): none, AutoGuidance with a
+smaller, shorter-trained guide, and free guidance, at matched sampling cost (AutoGuidance gets fewer steps, so
+that main + guide forwards cost the FLOPs of the other modes' main forwards; FLOPs counted by
+``torch.utils.flop_counter``).
+
 With ``seeds`` K > 1 the DiT training and sampling run once per seed and rows are reported as mean +- std. Every
 finished piece (a tokenizer's statistics and cache, a seed's DiT, its samples) is reused by a rerun, so adding
 seeds or rows only runs what is new; rows whose latents are identical (``rae`` and ``rae_matched``: same frozen
@@ -36,14 +43,39 @@ from . import photos as sample_photos
 
 DIT_CONFIG = Path(__file__).parent / "dit-demo.yaml"
 #: generation row -> the demo stage whose tokenizer it uses
-TOKENIZERS = {"rae": "phase1", "rae_matched": "rae_matched", "drorae": "phase3"}
+TOKENIZERS = {
+    "rae": "phase1",
+    "rae_matched": "rae_matched",
+    "drorae": "phase3",
+    "layer_mean": "layer_mean",
+    "layer_mean_all": "layer_mean_all",
+    "drorae_on_layer_mean": "layer_mean_phase3",
+}
+#: guidance rows on DRoRAE's latents: row -> guidance mode of the one head-trained main DiT
+GUIDED = {"drorae_head": "none", "drorae_head_autoguidance": "autoguidance", "drorae_head_free": "free"}
 LABELS = {
     "rae": "RAE latents (phase-1 tokenizer)",
     "rae_matched": "control: RAE latents, decoder trained for the steps of phases 2+3",
     "drorae": "DRoRAE latents (phase-3 tokenizer)",
+    "layer_mean": "RAEv2 layer-mean latents (upper half)",
+    "layer_mean_all": "RAEv2 layer-mean latents (all blocks but the first)",
+    "drorae_on_layer_mean": "DRoRAE on the layer-mean base",
+    "drorae_head": "DRoRAE latents, DiT with free-guidance head: unguided",
+    "drorae_head_autoguidance": "same DiT + AutoGuidance (small guide), matched FLOPs",
+    "drorae_head_free": "same DiT + free guidance (its own head)",
 }
 #: (row, baseline) pairs whose per-seed margins the report gives
-COMPARISONS = (("drorae", "rae"), ("drorae", "rae_matched"))
+COMPARISONS = (
+    ("drorae", "rae"),
+    ("drorae", "rae_matched"),
+    ("layer_mean", "rae"),
+    ("drorae", "layer_mean"),
+    ("layer_mean_all", "layer_mean"),
+    ("drorae_on_layer_mean", "layer_mean"),
+    ("drorae_head_free", "drorae_head"),
+    ("drorae_head_autoguidance", "drorae_head"),
+    ("drorae_head_free", "drorae_head_autoguidance"),
+)
 
 
 @dataclass
@@ -57,6 +89,12 @@ class GenerationPlan:
     sample_steps: int = 50
     sampler: str = "euler"
     seed: int = 0
+    guidance: bool = True  # the guidance rows on DRoRAE's latents
+    head_block: int = 1  # free-guidance head after trunk block 1 of 3 (RAEv2: block 8 of 28)
+    free_scale: float = 1.78  # RAEv2's headline scale and interval
+    free_interval: tuple[float, float] = (0.1, 1.0)
+    autoguidance_scale: float = 1.5  # the paper's AutoGuidance scale
+    guide_steps: int = 400  # the guide: a smaller DiT^DH (trunk 32 wide, 2 blocks; head 64) trained a third as long
     quick: bool = False
 
     @classmethod
@@ -67,17 +105,23 @@ class GenerationPlan:
             dit_steps=3,
             batch_size=4,
             samples_per_class=1,
-            sample_steps=2,
+            sample_steps=6,
+            guide_steps=2,
             quick=True,
         )
 
 
-def _dit_overrides(plan: GenerationPlan, seed: int) -> list[str]:
+GUIDE_OVERRIDES = ["dit.preset=null", "dit.hidden_size=32", "dit.depth=2", "dit.num_heads=2",
+                   "dit.head_hidden_size=64", "dit.head_depth=1", "dit.head_num_heads=2"]  # fmt: skip
+
+
+def _dit_overrides(plan: GenerationPlan, seed: int, steps: int | None = None) -> list[str]:
+    steps = plan.dit_steps if steps is None else steps
     overrides = [
-        f"train.max_steps={plan.dit_steps}",
+        f"train.max_steps={steps}",
         f"train.batch_size={plan.batch_size}",
         f"train.seed={seed}",
-        f"train.log_every={max(1, plan.dit_steps // 48)}",
+        f"train.log_every={max(1, steps // 48)}",
     ]
     if plan.quick:
         overrides += ["optim.warmup_steps=1", "optim.decay_steps=1"]
@@ -154,6 +198,8 @@ def run_generation_demo(
             )
             scores[row] = _row_metrics(report, history)
             seconds[f"{row}_sample_eval"] = seconds.get(f"{row}_sample_eval", 0.0) + time.perf_counter() - t
+        if plan.guidance:
+            costs = _guidance_rows(scores, out, data, plan, seed, progress, histories if k == 0 else None, seconds)
         per_seed.append(scores)
 
     # the floor: the training crops themselves against the reference crops, in the same feature space
@@ -172,6 +218,7 @@ def run_generation_demo(
         "per_seed": per_seed,
         "real_train_crops": _row_metrics(real, None),
         "comparison": _comparison(per_seed),
+        "guidance_cost": costs if plan.guidance else None,
         "figures": figures,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "fd_note": "fd = Frechet distance of mean-pooled z_base features of the frozen demo backbone (samples vs the "
@@ -184,13 +231,89 @@ def run_generation_demo(
     return report
 
 
-def _train_once(run: Path, tok: Path, latents: Path, plan: GenerationPlan, seed: int, progress: bool) -> list[dict]:
+def _guidance_rows(scores, out, data, plan, seed, progress, histories, seconds) -> dict[str, Any]:
+    """The three guidance modes on one DiT^DH with a free-guidance head (DRoRAE latents), at matched FLOPs; adds
+    their rows to ``scores`` and returns the FLOPs per sample of each mode."""
+    from ..evaluation.generation import evaluate_generation
+    from ..generation.sampling import SampleSettings, run_sampling
+
+    tok, latents, base = out / "drorae" / "tokenizer", out / "drorae" / "latents", out / "drorae" / f"seed{seed}"
+    t = time.perf_counter()
+    head = [f"dit.guidance_head_block={plan.head_block}"]
+    history = _train_once(base / "dit_head", tok, latents, plan, seed, progress, head)
+    if histories is not None:
+        histories["drorae_head"] = history
+    _train_once(base / "guide", tok, latents, plan, seed, progress, GUIDE_OVERRIDES, steps=plan.guide_steps)
+    seconds["guidance_train"] = seconds.get("guidance_train", 0.0) + time.perf_counter() - t
+    main_flops, guide_flops = _forward_flops(base / "dit_head"), _forward_flops(base / "guide")
+    evaluations = plan.sample_steps - 1  # RAE's grid: steps points, steps - 1 evaluations
+    ag_evaluations = max(1, round(evaluations * main_flops / (main_flops + guide_flops)))
+    costs = {
+        "main_forward_flops": main_flops,
+        "guide_forward_flops": guide_flops,
+        "evaluations": {"none": evaluations, "free": evaluations, "autoguidance": ag_evaluations},
+        "flops_per_sample": {
+            "none": evaluations * main_flops,
+            "free": evaluations * main_flops,
+            "autoguidance": ag_evaluations * (main_flops + guide_flops),
+        },
+    }
+    for row, mode in GUIDED.items():
+        t = time.perf_counter()
+        settings = SampleSettings(
+            guidance=mode,
+            scale={"none": 1.0, "free": plan.free_scale, "autoguidance": plan.autoguidance_scale}[mode],
+            interval=tuple(plan.free_interval) if mode == "free" else (0.0, 1.0),
+            sampler=plan.sampler,
+            steps=costs["evaluations"][mode] + 1,
+            seed=seed,
+            batch_size=64,
+            write_png=False,
+        )
+        run = out / row / f"seed{seed}"
+        guide = base / "guide" if mode == "autoguidance" else None
+        run_sampling(base / "dit_head", tok, run / "samples", per_class=plan.samples_per_class, guide_dir=guide,
+                     settings=settings, device="cpu")  # fmt: skip
+        report = evaluate_generation(
+            run / "samples" / "samples.npz", data / "classes-ref", features="backbone", tokenizer=tok, out=run
+        )
+        scores[row] = _row_metrics(report, history)
+        seconds[f"{row}_sample_eval"] = seconds.get(f"{row}_sample_eval", 0.0) + time.perf_counter() - t
+    return costs
+
+
+def _forward_flops(dit_dir: Path) -> int:
+    """FLOPs of one forward of the DiT on one sample (with its guidance head when it has one)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..generation.dit import DiT
+
+    dit = DiT.from_pretrained(dit_dir).eval()
+    c, side = dit.config.in_channels, dit.config.input_size
+    x, t, y = torch.zeros(1, c, side, side), torch.full((1,), 0.5), torch.zeros(1, dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        dit(x, t, y, return_guidance=dit.has_guidance_head)
+    return int(counter.get_total_flops())
+
+
+def _train_once(
+    run: Path,
+    tok: Path,
+    latents: Path,
+    plan: GenerationPlan,
+    seed: int,
+    progress: bool,
+    extra: list[str] = (),
+    steps: int | None = None,
+) -> list[dict]:
     """``train-dit`` into ``run`` unless a finished run with these settings is there; its logged history."""
     from ..generation.trainer import DiTTrainer, load_dit_config
 
-    cfg = load_dit_config(DIT_CONFIG, _dit_overrides(plan, seed))
+    steps = plan.dit_steps if steps is None else steps
+    cfg = load_dit_config(DIT_CONFIG, [*_dit_overrides(plan, seed, steps), *extra])
     done = run / "model" / "config.json"
-    if done.is_file() and json.loads(done.read_text())["_extra"]["steps"] == plan.dit_steps:
+    if done.is_file() and json.loads(done.read_text())["_extra"]["steps"] == steps:
         print(f"reusing {run / 'model'}", flush=True)
         return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     trainer = DiTTrainer(cfg, tok, run, latents_dir=latents, progress=progress)
@@ -235,7 +358,9 @@ def _comparison(per_seed: list[dict]) -> dict[str, Any]:
     deviation (one seed: no spread, so never more than a hint)."""
     out: dict[str, Any] = {}
     for row, base in COMPARISONS:
-        pair = out[f"{row}_vs_{base}"] = {}
+        if row not in per_seed[0] or base not in per_seed[0]:
+            continue
+        pair = out[f"{row}_vs_{base}"] = {"_rows": [row, base]}
         for key, better in (("fd", "lower"), ("final_loss", "lower"), ("precision", "higher"), ("recall", "higher")):
             margins = [s[row][key] - s[base][key] for s in per_seed]
             mean = statistics.fmean(margins)
@@ -272,9 +397,14 @@ def _figures(out: Path, histories: dict[str, list], plan: GenerationPlan) -> dic
     plt.close(fig)
     figures["loss"] = "dit_loss.png"
 
-    grids = [(row, out / row / f"seed{plan.seed}" / "samples" / "grid.png") for row in TOKENIZERS]
-    fig, axes = plt.subplots(1, len(grids), figsize=(6 * len(grids), 6.4), squeeze=False)
-    for ax, (row, path) in zip(axes[0], grids):
+    rows = [*TOKENIZERS, *(GUIDED if plan.guidance else ())]
+    grids = [(row, out / row / f"seed{plan.seed}" / "samples" / "grid.png") for row in rows]
+    columns = 3
+    fig, axes = plt.subplots(-(-len(grids) // columns), columns, figsize=(6 * columns, 6.4 * -(-len(grids) // columns)),
+                             squeeze=False)  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (row, path) in zip(axes.flat, grids):
         ax.imshow(np.asarray(Image.open(path)))
         ax.set_title(f"{LABELS[row]}\n(a row per class, first 8 classes)", fontsize=10)
         ax.axis("off")
@@ -291,7 +421,9 @@ def render_table(report: dict) -> str:
         "| latents | FD-backbone (lower is better) | precision | recall | final DiT loss |",
         "|---|---|---|---|---|",
     ]
-    for row in TOKENIZERS:
+    for row in [*TOKENIZERS, *GUIDED]:
+        if row not in rows:
+            continue
         r, s = rows[row], std[row]
         lines.append(
             f"| {LABELS[row]} | {r['fd']:.4f} ± {s['fd']:.4f} | {r['precision']:.3f} ± {s['precision']:.3f} | "
@@ -322,9 +454,11 @@ def render_markdown(report: dict) -> str:
         "Margins per seed (row minus baseline), their mean and standard deviation over the seeds:",
         "",
     ]
-    for pair, keys in report["comparison"].items():
-        row, base = pair.split("_vs_")
+    for keys in report["comparison"].values():
+        row, base = keys["_rows"]
         for key, c in keys.items():
+            if key == "_rows":
+                continue
             spread = "n/a (one seed)" if c["std"] is None else f"{c['std']:.4f}"
             verdict = (f"favours {row}" if c["favours_row"] else f"favours {base}") + (
                 " beyond the seed spread" if c["exceeds_spread"] else " (within the spread: a tie)"
