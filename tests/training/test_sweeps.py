@@ -50,6 +50,17 @@ def test_fusion_parameters_match_appendix_c_plus_the_named_extras(dim, layers, h
     assert sum(p.numel() for p in f.parameters()) == expected_fusion_params(dim, layers, hidden)
 
 
+def test_layer_mean_sets_follow_raev2s_on_24_blocks():
+    from drorae.tokenizer.sweeps import layer_mean_set
+
+    assert layer_mean_set(24, 7) == [12, 14, 16, 18, 20, 22, 24]  # "k7" (0-based 11, 13, ..., 23)
+    assert layer_mean_set(24, 23) == list(range(2, 25))  # "k23"
+    assert layer_mean_set(24, 1) == [24]  # RAE
+    assert layer_mean_set(6, 2) == [4, 6] and layer_mean_set(6, 5) == [2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="--latent-layers 7 is not in 1..6"):
+        layer_mean_set(6, 7)
+
+
 def test_parse_int_list_names_the_bad_entry():
     assert parse_int_list("128,512") == [128, 512]
     with pytest.raises(ValueError, match="'x' in '128,x'"):
@@ -59,10 +70,18 @@ def test_parse_int_list_names_the_bad_entry():
 def test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points(phase1_run, image_dir, tmp_path):
     from drorae.cli import main
 
-    args = sweep_args("scaling", phase1_run, image_dir, tmp_path / "s", "--expert-hidden", "8,32", "--layers", "2,4")
+    args = sweep_args("scaling", phase1_run, image_dir, tmp_path / "s", "--expert-hidden", "8,32", "--layers", "2,4",
+                      "--latent-layers", "1,3")  # fmt: skip
     assert main(args) == 0
     report = json.loads((tmp_path / "s" / "scaling.json").read_text())
     assert report["metric"] == "psnr" and len(report["points"]) == 4
+    # RAEv2's K axis: the phase-1 decoder continued on the layer mean, no fusion parameters
+    means = {p["name"]: p for p in report["layer_mean_points"]}
+    assert means["mean_k1"]["latent_layers"] == [4] and not means["mean_k1"]["latent_global_mean"]
+    assert means["mean_k3"]["latent_layers"] == [2, 3, 4] and means["mean_k3"]["latent_global_mean"]
+    assert all(p["fusion_params"] == 0 and p["phase"] == "1" for p in means.values())
+    assert means["mean_k1"]["latent_shift_fd"] == pytest.approx(0.0, abs=1e-6)  # RAE's own latent
+    assert means["mean_k3"]["latent_shift_fd"] > 1e-3
     assert set(report["fits"]["expert_axis"]) == {"N=2", "N=4"} and set(report["fits"]["layer_axis"]) == {"h=8", "h=32"}
     assert 0 <= report["fits"]["joint"]["r2"] <= 1
     by_name = {p["name"]: p for p in report["points"]}

@@ -173,7 +173,8 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_scaling(args: argparse.Namespace) -> int:
     from ..tokenizer.sweeps import parse_int_list, run_scaling
 
-    report = run_scaling(_sweep_settings(args), parse_int_list(args.expert_hidden), parse_int_list(args.layers))
+    means = parse_int_list(args.latent_layers) if args.latent_layers else []
+    report = run_scaling(_sweep_settings(args), parse_int_list(args.expert_hidden), parse_int_list(args.layers), means)
     for name, fits in report["fits"].items():
         for key, fit in ({"all points": fits} if name == "joint" else fits).items():
             print(
@@ -280,6 +281,11 @@ def add_parsers(sub) -> None:
     _add_sweep_arguments(p)
     p.add_argument("--expert-hidden", required=True, help="expert widths, e.g. 128,512,1536")
     p.add_argument("--layers", required=True, help="numbers of fused layers (the deepest N), e.g. 2,4,8,12")
+    p.add_argument(
+        "--latent-layers",
+        help="RAEv2's axis: K values of a layer-mean latent (no fusion), e.g. 1,4,11 on 12 blocks; each point "
+        "continues the phase-1 decoder for the same steps on the mean of K blocks",
+    )
     p.set_defaults(func=_cmd_scaling)
 
     p = sub.add_parser(

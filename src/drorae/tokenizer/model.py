@@ -163,6 +163,14 @@ class DRoRAE(nn.Module):
         self.config.fusion = fusion.config
         self.config.fusion_enabled = True
 
+    def set_latent_rule(self, layers: list[int] | None, global_mean: bool = False) -> None:
+        """Switch the base latent to RAEv2's layer mean over ``layers`` (1-based; ``None``: the last block, RAE),
+        e.g. to continue a decoder on another latent. Latent statistics of the old latent no longer apply."""
+        cfg = replace(self.config.backbone, latent_layers=None if layers is None else list(layers),
+                      latent_global_mean=bool(global_mean))  # fmt: skip
+        self.latent_layers, self.latent_global_mean = cfg.latent_rule(self.backbone.num_layers)
+        self.config.backbone = cfg
+
     def set_latent_stats(self, mean: Tensor, std: Tensor, eps: float = 1e-5) -> None:
         """Enable latent normalisation (z - mean) / (std + eps) with stats broadcastable to [C, h, w]."""
         c, g = self.backbone.hidden_size, self.backbone.grid_size

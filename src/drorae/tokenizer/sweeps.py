@@ -70,6 +70,8 @@ def run_point(
     metric_name = "rfid" if report["metrics"]["rfid"] is not None else "psnr"
     if settings.metric == "rfid" and metric_name != "rfid":
         raise FileNotFoundError(f"metric=rfid but no Inception weights: {report['notes'].get('rfid')}")
+    fusion_params = sum(p.numel() for p in fusion.parameters()) if fusion is not None else 0
+    model = trainer.model
     record = {
         "name": name,
         "phase": phase,
@@ -78,10 +80,12 @@ def run_point(
         "metric": report["metrics"][metric_name],
         "metrics": report["metrics"],
         "num_images": report["num_images"],
-        "fusion_params": sum(p.numel() for p in fusion.parameters()),
-        "expert_hidden": fusion.expert_hidden,
-        "num_fused_layers": len(fusion.layers),
-        "dim": fusion.dim,
+        "fusion_params": fusion_params,
+        "expert_hidden": fusion.expert_hidden if fusion is not None else None,
+        "num_fused_layers": len(fusion.layers) if fusion is not None else 0,
+        "latent_layers": model.latent_layers,
+        "latent_global_mean": model.latent_global_mean,
+        "dim": model.backbone.hidden_size,
         "steps": result.steps,
         "latent_shift_fd": latent_shift(result.model_dir, settings.eval_data, settings.eval_num),
     }
@@ -91,8 +95,9 @@ def run_point(
 
 @torch.no_grad()
 def latent_shift(model_dir: str | Path, eval_data: str | Path, num: int | None = None, batch_size: int = 32) -> float:
-    """Fréchet distance between the token distributions of ``z_final`` and ``z_base`` on ``eval_data``: how far
-    fusion moves the latent a diffusion model would have to learn (a cheap stand-in for "DiT loss at epoch 12")."""
+    """Fréchet distance between the token distributions of the model's latent ``z_final`` and RAE's latent
+    ``LN_bb(z^(L))`` on ``eval_data``: how far fusion (or a layer-mean base) moves the latent a diffusion model
+    would have to learn (a cheap stand-in for "DiT loss at epoch 12")."""
     from ..evaluation.metrics import FeatureStats, frechet_distance
     from ..evaluation.reconstruction import EvalImages
     from .model import DRoRAE
@@ -105,8 +110,9 @@ def latent_shift(model_dir: str | Path, eval_data: str | Path, num: int | None =
         images = [it["image"] for it in items if it["image"] is not None]
         if not images:
             continue
-        z_final, z_base, _ = model.encode_tokens(torch.stack(images).float() / 255)
-        base.update(z_base.flatten(0, 1))
+        feats = model.backbone(torch.stack(images).float() / 255)
+        z_final = model.tokens_from_features(feats)[0]
+        base.update(feats.z_base.flatten(0, 1))  # RAE's latent, whatever base the model's fusion corrects
         final.update(z_final.flatten(0, 1))
     return frechet_distance(base.mean, base.covariance, final.mean, final.covariance)
 
@@ -132,8 +138,40 @@ def expected_fusion_params(dim: int, num_layers: int, expert_hidden: int) -> int
     return paper_param_count(dim, num_layers, expert_hidden) + num_layers * (expert_hidden + dim)
 
 
-def run_scaling(settings: SweepSettings, expert_hidden: list[int], layers: list[int]) -> dict[str, Any]:
-    """Every (h, N) point of the grid (N = the deepest N blocks), the fits per axis and jointly, and the figure."""
+def layer_mean_set(num_layers: int, k: int) -> list[int]:
+    """The K blocks (1-based) of a layer-mean point: every other block ending at the last while that fits (RAEv2's
+    "k7" on 24 blocks: 12, 14, ..., 24), else the deepest K (its "k23": all but the first)."""
+    if not 1 <= k <= num_layers:
+        raise ValueError(f"--latent-layers {k} is not in 1..{num_layers} (the backbone's blocks)")
+    if 2 * k - 1 <= num_layers:
+        return list(range(num_layers - 2 * (k - 1), num_layers + 1, 2))
+    return list(range(num_layers - k + 1, num_layers + 1))
+
+
+def run_layer_mean_point(settings: SweepSettings, k: int, total_blocks: int) -> dict[str, Any]:
+    """RAEv2's K axis under the same protocol as a fusion point: the sweep's phase-1 decoder continues for the same
+    steps (phase 1) on the layer mean of :func:`layer_mean_set` (with RAEv2's global term); no fusion parameters."""
+    from .model import DRoRAE
+    from .training.trainer import resolve_model_dir
+
+    name = f"mean_k{k}"
+    start = Path(settings.out) / "points" / name / "start"
+    if not (start / "config.json").is_file():
+        source = resolve_model_dir(settings.init)
+        model = DRoRAE.from_pretrained(source)
+        model.set_latent_rule(layer_mean_set(total_blocks, k), global_mean=k > 1)
+        backbone = model.config.backbone.name_or_path
+        if backbone and (source / backbone).is_dir():  # the phase-1 model's own copy: reference it, don't copy it
+            model.config.backbone.name_or_path = str((source / backbone).resolve())
+        model.save_pretrained(start, save_backbone=model.config.backbone.name_or_path is None)
+    return run_point(settings, name, [], phase="1", init=start)
+
+
+def run_scaling(
+    settings: SweepSettings, expert_hidden: list[int], layers: list[int], latent_layers: list[int] = ()
+) -> dict[str, Any]:
+    """Every (h, N) point of the grid (N = the deepest N blocks), the fits per axis and jointly, the layer-mean
+    points of ``latent_layers`` (K values), and the figure."""
     total_blocks = _backbone_blocks(settings.init)
     points = []
     for n in layers:
@@ -155,6 +193,7 @@ def run_scaling(settings: SweepSettings, expert_hidden: list[int], layers: list[
                 )
             record["paper_formula_params"] = paper_param_count(record["dim"], n, h)
             points.append(record)
+    means = [run_layer_mean_point(settings, k, total_blocks) for k in latent_layers]
     metric_name = points[0]["metric_name"]
     fits: dict[str, Any] = {"expert_axis": {}, "layer_axis": {}}
     for n in layers:
@@ -169,7 +208,15 @@ def run_scaling(settings: SweepSettings, expert_hidden: list[int], layers: list[
             fits["layer_axis"][f"h={h}"] = fit_log_linear([p["fusion_params"] for p in col], [p["metric"] for p in col])
     if len({p["fusion_params"] for p in points}) >= 2:
         fits["joint"] = fit_log_linear([p["fusion_params"] for p in points], [p["metric"] for p in points])
-    report = {"metric": metric_name, "points": points, "fits": fits, "expert_hidden": expert_hidden, "layers": layers}
+    report = {
+        "metric": metric_name,
+        "points": points,
+        "layer_mean_points": means,
+        "fits": fits,
+        "expert_hidden": expert_hidden,
+        "layers": layers,
+        "latent_layers": list(latent_layers),
+    }
     out = Path(settings.out)
     report["figure"] = plot_scaling(report, out / "scaling.png").name
     (out / "scaling.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -191,8 +238,9 @@ def plot_scaling(report: dict[str, Any], path: Path) -> Path:
     from .analysis.figures import new_figure, save_figure
 
     points, metric = report["points"], report["metric"]
-    fig = new_figure((10.0, 4.0), layout="constrained")
-    axes = fig.subplots(1, 2)
+    means = report.get("layer_mean_points") or []
+    fig = new_figure((15.0 if means else 10.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 3 if means else 2)
     for ax, key, fixed, label in (
         (axes[0], "num_fused_layers", "expert_axis", "N"),
         (axes[1], "expert_hidden", "layer_axis", "h"),
@@ -216,6 +264,15 @@ def plot_scaling(report: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel(metric + (" (held-out, dB)" if metric == "psnr" else ""))
         ax.set_title("expert width varies" if label == "N" else "fused layers vary", fontsize=10)
         ax.legend(fontsize=7)
+    if means:  # RAEv2's axis: no parameters, so against K, with the fusion points' range for reference
+        ks = [len(p["latent_layers"]) for p in means]
+        axes[2].plot(ks, [p["metric"] for p in means], "o-", color="C3", label="layer mean (RAEv2)")
+        values = [p["metric"] for p in points]
+        axes[2].axhspan(min(values), max(values), color="C0", alpha=0.15, label="fusion points' range")
+        axes[2].set_xlabel("K, layers averaged (0 parameters)")
+        axes[2].set_ylabel(metric + (" (held-out, dB)" if metric == "psnr" else ""))
+        axes[2].set_title("layer mean: layer set varies", fontsize=10)
+        axes[2].legend(fontsize=7)
     joint = report["fits"].get("joint")
     if joint:
         fig.suptitle(f"{metric} = {joint['a']:.3g} log10(params) + {joint['b']:.3g}, joint R^2 = {joint['r2']:.2f}")
@@ -377,6 +434,8 @@ __all__ = [
     "fit_log_linear",
     "expected_fusion_params",
     "run_scaling",
+    "layer_mean_set",
+    "run_layer_mean_point",
     "plot_scaling",
     "parse_int_list",
     "ABLATION_GROUPS",
