@@ -138,3 +138,41 @@ def test_raev2_layer_sets_scaled_to_a_depth():
     assert rae_v2_layers(24, "all") == list(range(2, 25))  # its "k23"
     assert rae_v2_layers(12) == [6, 8, 10, 12]
     assert rae_v2_layers(6) == [4, 6]
+
+
+def test_a_dinov3_backbone_gives_raev2s_latent(tmp_path, images):
+    """RAEv2's own backbone family: a tiny random DINOv3ViTModel saved with save_pretrained loads through our loader,
+    and its layer mean is the formula on its hidden_states (CLS + registers dropped, non-affine final LN)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from drorae import load_backbone
+
+    torch.manual_seed(0)
+    hf = DINOv3ViTModel(
+        DINOv3ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            patch_size=4,
+            image_size=32,
+            num_register_tokens=4,
+        )
+    )
+    hf.eval().save_pretrained(tmp_path / "dinov3")  # fmt: skip
+    backbone = load_backbone(str(tmp_path / "dinov3"), input_size=32)
+    assert backbone.family == "dinov3" and backbone.num_prefix_tokens == 5 and backbone.num_tokens == 64
+    feats = backbone(images)
+    pixels = backbone.preprocess(images)
+    with torch.no_grad():
+        hs = hf(pixel_values=pixels, output_hidden_states=True).hidden_states
+        last = hf(pixel_values=pixels).last_hidden_state
+    ln = [F.layer_norm(h[:, 5:], (32,), eps=hf.config.layer_norm_eps) for h in hs[1:]]
+    torch.testing.assert_close(feats.z_base, ln[-1])
+    # RAE's latent is the affine-free version of the model's own final norm
+    w, b = hf.norm.weight, hf.norm.bias
+    torch.testing.assert_close(feats.z_base * w + b, last[:, 5:], rtol=1e-4, atol=1e-5)
+    from drorae.tokenizer.backbones import base_latent
+
+    z = base_latent(feats.hidden_states, feats.z_base, [2, 4], True, backbone.norm_eps)
+    torch.testing.assert_close(z, (ln[1] + ln[3]) / 2 + ln[3].mean(dim=1, keepdim=True))

@@ -215,6 +215,8 @@ def export_rae(model: DRoRAE, directory: str | Path) -> Path:
             "reads only the backbone's last layer, so its latent would differ from the one this decoder was trained on"
         )
     bb, dec = model.backbone, model.decoder
+    if bb.family not in ("dinov2", "siglip", "mae"):
+        raise ValueError(f"AutoencoderRAE has no {bb.family} encoder (it builds DINOv2, SigLIP2 and MAE)")
     hf = bb.model.config
     etype = {"dinov2": "dinov2", "siglip": "siglip2", "mae": "mae"}[bb.family]
     problems = []

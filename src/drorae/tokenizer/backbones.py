@@ -38,6 +38,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _FAMILIES = {
     "dinov2": "dinov2",
     "dinov2_with_registers": "dinov2",
+    "dinov3_vit": "dinov3",  # RAEv2's backbone (DINOv3ViTModel: CLS + registers, RoPE)
     "siglip": "siglip",
     "siglip_vision_model": "siglip",
     "siglip2": "siglip",
@@ -47,6 +48,7 @@ _FAMILIES = {
 # SigLIP normalises to [-1, 1]; the others use ImageNet statistics.
 _DEFAULT_MEAN_STD = {
     "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+    "dinov3": (IMAGENET_MEAN, IMAGENET_STD),
     "mae": (IMAGENET_MEAN, IMAGENET_STD),
     "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
@@ -170,6 +172,7 @@ class FrozenBackbone(nn.Module):
         self.norm_eps: float = float(cfg.layer_norm_eps)
         self.num_prefix_tokens: int = {
             "dinov2": 1 + int(getattr(cfg, "num_register_tokens", 0) or 0),
+            "dinov3": 1 + int(getattr(cfg, "num_register_tokens", 0) or 0),
             "mae": 1,
             "siglip": 0,
         }[family]
@@ -315,8 +318,8 @@ def load_backbone(
 ) -> FrozenBackbone:
     """Load a frozen backbone from a local ``save_pretrained`` directory or a cached hub id.
 
-    Supported: DINOv2, DINOv2-with-registers, SigLIP/SigLIP2 vision towers (fixed resolution),
-    ViT-MAE. Nothing is downloaded unless ``download=True``.
+    Supported: DINOv2, DINOv2-with-registers, DINOv3 ViTs (``DINOv3ViTModel``), SigLIP/SigLIP2 vision towers
+    (fixed resolution), ViT-MAE. Nothing is downloaded unless ``download=True``.
     """
     from transformers import AutoConfig, AutoModel
 
