@@ -124,6 +124,19 @@ def _dinov2_base_shaped_backbone():
     return FrozenBackbone(model, "dinov2", input_size=224, name_or_path="meta")
 
 
+def _dinov3_large_shaped_backbone():
+    """A DINOv3 ViT-L/16 with the released checkpoint's shapes (24 blocks, width 1024, 4 registers), on meta."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from drorae.tokenizer.backbones import FrozenBackbone
+
+    hf = DINOv3ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                         patch_size=16, num_register_tokens=4, image_size=256)  # fmt: skip
+    with torch.device("meta"):
+        model = DINOv3ViTModel(hf)
+    return FrozenBackbone(model, "dinov3", input_size=256, name_or_path="meta")
+
+
 TOKENIZER_CONFIGS = sorted((REPO / "configs" / "tokenizer").rglob("*.yaml"))
 
 
@@ -135,7 +148,8 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
 
     cfg = load_config(path)
     paper = cfg.model.backbone.name_or_path is not None
-    backbone = _dinov2_base_shaped_backbone() if paper else None
+    dinov3 = paper and "dinov3" in cfg.model.backbone.name_or_path
+    backbone = (_dinov3_large_shaped_backbone() if dinov3 else _dinov2_base_shaped_backbone()) if paper else None
     with torch.device("meta" if paper else "cpu"):
         model = DRoRAE.from_config(cfg.model, backbone=backbone)
     counts = model.parameter_counts()
@@ -143,5 +157,7 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
     assert model.fusion is not None and counts["fusion"] > 0
     if paper:  # the paper's ViT-XL decoder and the fusion size appendix C gives for its expert width
         assert model.decoder.config.hidden_size == 1152 and model.decoder.config.num_layers == 28
-        h = model.fusion.expert_hidden
-        assert abs(counts["fusion"] - paper_param_count(768, 12, h)) / paper_param_count(768, 12, h) < 0.01
+        h, c, n = model.fusion.expert_hidden, model.backbone.hidden_size, model.backbone.num_layers
+        assert abs(counts["fusion"] - paper_param_count(c, n, h)) / paper_param_count(c, n, h) < 0.01
+    if cfg.model.backbone.latent_layers is not None:  # RAEv2's layer mean, as the file lists it
+        assert model.latent_layers == cfg.model.backbone.latent_layers and not model.rae_latent
