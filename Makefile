@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned here (pyproject declares a range): on this kind of machine pip takes these from local disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install lint format test test-fast demo clean
+.PHONY: install lint format test test-fast demo bench-gpu clean
 
 # The demo needs only the runtime dependencies; the test extras (pytest, diffusers) are added
 # by `make test`, so a first `make demo` does not spend time installing them.
@@ -43,6 +43,11 @@ test-fast: lint
 
 demo: install
 	$(VENV)/bin/drorae demo --out demo-out
+
+# every GPU benchmark in one command (one process each; JSON under benchmarks/results/gpu/, a summary table);
+# fits 8 minutes on one H100/H200. On a CPU: `$(PY) benchmarks/gpu_suite.py --device cpu --smoke` (tested).
+bench-gpu: $(VENV)/.installed-test
+	$(PY) benchmarks/gpu_suite.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -104,14 +104,42 @@ def train_throughput(cfg: DiTConfig, batch: int, device, bf16: bool, compile_: b
     return out
 
 
+def find_max_batch(cfg: DiTConfig, start: int, cap: int, device, bf16: bool, compile_: bool) -> dict:
+    """The largest training batch (doubling from ``start`` up to ``cap``) whose step runs without running out of
+    memory; each try is one warm-up step and one timed step."""
+    tried, best = [], None
+    batch = start
+    while batch <= cap:
+        try:
+            train_throughput(cfg, batch, device, bf16, compile_, iters=1, warmup=1)
+            tried.append({"batch": batch, "fits": True})
+            best = batch
+        except torch.OutOfMemoryError:
+            tried.append({"batch": batch, "fits": False})
+            break
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        batch *= 2
+    return {"batch": best, "tried": tried, "cap": cap}
+
+
 @torch.no_grad()
-def sampling_speed(cfg: DiTConfig, batch: int, device, bf16: bool, steps: int, guidance: str) -> dict:
+def sampling_speed(
+    cfg: DiTConfig, batch: int, device, bf16: bool, steps: int, guidance: str, guide_cfg: DiTConfig | None = None
+) -> dict:
+    """Euler sampling speed. AutoGuidance uses a separate guide network (``guide_cfg``, e.g. DiT^DH-S), free guidance
+    the main network with a guidance head after block ``round(depth * 8 / 28)`` (RAEv2's block 8 of 28)."""
     torch.manual_seed(0)
+    if guidance == "free":
+        cfg = DiTConfig(**{**cfg.__dict__, "guidance_head_block": max(1, round(cfg.resolved().depth * 8 / 28))})
     model = DiT(cfg).to(device).eval()
     c = model.config
     noise = torch.randn(batch, c.in_channels, c.input_size, c.input_size, device=device)
     y = torch.randint(0, c.num_classes, (batch,), device=device)
-    guide = model if guidance == "autoguidance" else None
+    guide = None
+    if guidance == "autoguidance":
+        guide = DiT(guide_cfg).to(device).eval() if guide_cfg is not None else model
     velocity = guided_velocity(model, y, guidance, 1.5, guide=guide, null_class=c.num_classes)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         sample(velocity, noise, SamplerConfig("euler", 2, 1.0))  # warm-up: one step (RAE grid of 2 points)
@@ -143,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--no-sampling", action="store_true")
+    p.add_argument("--no-train", action="store_true", help="sampling only")
+    p.add_argument("--find-max-batch", type=int, metavar="CAP", help="also find the largest training batch <= CAP")
+    p.add_argument("--guide-preset", help="the AutoGuidance guide's preset (default: the main network itself)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100/H200 dense bf16: 989)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -154,16 +185,29 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.device("meta"):
         results["parameters"] = DiT(cfg).parameter_count()
     results["train"], results["sampling"] = [], []
+    guide_cfg = None
+    if args.guide_preset:
+        guide_cfg = DiTConfig(preset=args.guide_preset, in_channels=c, input_size=h, num_classes=args.classes)
+        results["guide_preset"] = args.guide_preset
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
     for precision in args.precision:
-        for comp in args.compile:
+        for comp in args.compile if not args.no_train else ():
             for batch in args.batch:
                 r = train_throughput(cfg, batch, device, precision == "bf16", comp == "on", args.iters, args.warmup)
                 r.update(precision=precision, compile=comp, mfu=r["train_tflops_per_s"] / args.peak_tflops)
                 results["train"].append(r)
                 print(json.dumps(r), flush=True)
+        if args.find_max_batch and not args.no_train:
+            comp = args.compile[-1]
+            found = find_max_batch(cfg, max(args.batch), args.find_max_batch, device, precision == "bf16", comp == "on")
+            results["max_batch"] = {**found, "precision": precision, "compile": comp}
+            print(json.dumps(results["max_batch"]), flush=True)
         if not args.no_sampling:
-            for guidance in ("none", "cfg", "autoguidance"):
-                r = sampling_speed(cfg, max(args.batch), device, precision == "bf16", args.sample_steps, guidance)
+            for guidance in ("none", "cfg", "autoguidance", "free"):
+                r = sampling_speed(
+                    cfg, max(args.batch), device, precision == "bf16", args.sample_steps, guidance, guide_cfg
+                )
                 r["precision"] = precision
                 results["sampling"].append(r)
                 print(json.dumps(r), flush=True)

@@ -29,8 +29,37 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fusion_overhead's FLOP counters
 
 from drorae.tokenizer.training import Trainer, build_model, load_config  # noqa: E402
+
+
+def decoder_flops(cfg) -> int:
+    """Forward FLOPs per image (2 per multiply-add, matmuls and attention) of RAE's ViT decoder: the latent embedding
+    on N tokens, ``num_layers`` pre-norm ViT blocks on N + 1 tokens (with the cls token), the pixel projection."""
+    c = cfg.resolved() if hasattr(cfg, "resolved") else cfg
+    n, d, i = c.num_patches, c.hidden_size, c.intermediate_size
+    t = n + 1
+    block = t * (4 * d * d + 2 * d * i) + 2 * t * t * d
+    return 2 * (n * c.latent_dim * d + c.num_layers * block + t * d * c.patch_size**2 * c.num_channels)
+
+
+def phase_flops(model, phase: str) -> dict[str, int]:
+    """Per-image FLOPs of one training step by the usual rule (backward = 2x the forward of what gets gradients):
+    encoder forward (frozen, no backward); phase 1: decoder x3; phase 2: fusion x3, decoder forward + the
+    input-gradient half of its backward (x2); phase 3: fusion forward, decoder x3. Losses and discriminators are
+    not counted. The forward counts are checked against torch.utils.flop_counter in tests/test_benchmarks.py."""
+    from fusion_overhead import encoder_flops, fusion_flops
+
+    bb = model.backbone
+    enc = encoder_flops(bb.hidden_size, bb.num_layers, bb.num_tokens, bb.num_prefix_tokens, bb.patch_size)["total"]
+    dec = decoder_flops(model.decoder.config)
+    fus = 0
+    if model.fusion is not None:
+        fus = fusion_flops(bb.hidden_size, len(model.fusion.layers), bb.num_tokens, model.fusion.expert_hidden)["fwd"]
+    train = {"1": 3 * dec, "2": 3 * fus + 2 * dec, "3": fus + 3 * dec}[phase]
+    return {"encoder_fwd": enc, "fusion_fwd": fus, "decoder_fwd": dec, "step": enc + train}
+
 
 PAPER = [
     "model.backbone.random.hidden_size=768",
@@ -116,6 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--flops", action="store_true", help="add analytic FLOPs per image and the achieved TFLOP/s")
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -143,6 +173,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for phase in args.phases:
                     row = bench_phase(cfg, phase, model, args.batch, args.warmup, args.iters, Path(tmp))
                     row.update(precision=precision, compile=compile_, batch=args.batch, device=args.device)
+                    if args.flops:
+                        row["flops_per_image"] = phase_flops(model, phase)
+                        row["achieved_tflops_per_s"] = row["flops_per_image"]["step"] * row["images_per_s"] / 1e12
                     rows.append(row)
                     print(
                         f"phase {phase} {precision} compile={compile_}: {row['images_per_s']:.3f} img/s, "

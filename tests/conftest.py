@@ -111,6 +111,7 @@ SLOW_TESTS = {
     "test_tokenizer.py::test_the_model_package_does_not_import_the_training_code",  # a fresh interpreter
     "test_cli.py::test_console_script_is_installed_or_module_runs",  # a fresh interpreter
     "generation/test_import_rae_dit.py::test_rae_generators_end_to_end_on_cpu",
+    "test_benchmarks.py::test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes",  # six subprocesses
 }
 
 

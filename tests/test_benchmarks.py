@@ -143,7 +143,7 @@ def test_dit_benchmark_runs_on_cpu(dit_bench, tmp_path):
     cfg = DiTConfig(preset="DiTDH-tiny", in_channels=16, input_size=4, num_classes=3)
     flops = 3 * dit_bench.dit_flops(cfg)["total"] * 2
     assert train["train_tflops_per_s"] == pytest.approx(flops / train["step_s"] / 1e12)
-    assert {r["guidance"] for r in results["sampling"]} == {"none", "cfg", "autoguidance"}
+    assert {r["guidance"] for r in results["sampling"]} == {"none", "cfg", "autoguidance", "free"}
     assert all(r["steps"] == 2 and r["evaluations"] == 1 and r["latents_per_s"] > 0 for r in results["sampling"])
 
 
@@ -154,3 +154,68 @@ def test_data_loading_benchmark_runs_on_a_few_jpegs(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert results["images"] == 8 and all(v > 0 for v in results["per_worker_img_s"].values())
     assert results["workers_needed"]["1300 img/s"]["adm-crop+flip"] >= 1
+
+
+def test_tokenizer_forward_flops_match_torch_flop_counter():
+    """train_throughput's analytic decoder and encoder counts = torch's count of their matmuls + the attention
+    products (not counted by torch on CPU: 2 x 2 FLOPs x T^2 x width per block, T tokens)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from drorae import DecoderConfig, RAEDecoder
+    from drorae.tokenizer.backbones import RandomBackboneConfig, random_backbone
+
+    bench = load_script("train_throughput")
+    cfg = DecoderConfig(latent_dim=32, hidden_size=48, num_layers=2, num_heads=2, intermediate_size=96,
+                        patch_size=4, num_patches=16)  # fmt: skip
+    with FlopCounterMode(display=False) as counter:
+        RAEDecoder(cfg)(torch.randn(1, 16, 32))
+    t = 16 + 1  # with the cls token
+    assert bench.decoder_flops(cfg) == counter.get_total_flops() + 2 * 2 * 2 * t * t * 48
+    bb = random_backbone(RandomBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                              patch_size=8, num_register_tokens=4), 32)  # fmt: skip
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        bb.model(pixel_values=torch.randn(1, 3, 32, 32))
+    enc = load_script("fusion_overhead").encoder_flops(32, 2, 16, 5, 8)
+    attention = 2 * 2 * 2 * 21 * 21 * 32  # 2 blocks, 16 patches + CLS + 4 registers
+    assert enc["total"] == counter.get_total_flops() + attention
+
+
+def test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes(tmp_path):
+    """`make bench-gpu`'s suite on the CPU with tiny sizes: one process per benchmark, a JSON each, a summary."""
+    import subprocess
+    import sys
+
+    script = SCRIPT.parent / "gpu_suite.py"
+    out = tmp_path / "gpu"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = ("dit_train", "dit_sample", "tokenizer_train", "encode_decode", "fusion_share", "stability")
+    records = {n: json.loads((out / f"{n}.json").read_text()) for n in names}
+    for name, rec in records.items():
+        assert rec["ok"] and rec["smoke"] and rec["device"] == "cpu" and rec["torch"], name
+    dit = records["dit_train"]["result"]
+    assert all(r["img_per_s"] > 0 and r["precision"] == "bf16" for r in dit["train"])
+    assert dit["max_batch"]["batch"] == 16 and [t["batch"] for t in dit["max_batch"]["tried"]] == [4, 8, 16]
+    sampling = records["dit_sample"]["result"]["sampling"]
+    assert {r["guidance"] for r in sampling} == {"none", "cfg", "autoguidance", "free"}
+    assert all(r["latents_per_s"] > 0 for r in sampling) and records["dit_sample"]["result"]["guide_preset"]
+    phases = records["tokenizer_train"]["result"]
+    assert [r["phase"] for r in phases] == ["1", "2", "3"] and all(r["images_per_s"] > 0 for r in phases)
+    for r in phases:  # the phase totals follow the documented rule from the checked forward counts
+        f = r["flops_per_image"]
+        expected = {"1": 3 * f["decoder_fwd"], "2": 3 * f["fusion_fwd"] + 2 * f["decoder_fwd"],
+                    "3": f["fusion_fwd"] + 3 * f["decoder_fwd"]}[r["phase"]]  # fmt: skip
+        assert f["step"] == f["encoder_fwd"] + expected and f["fusion_fwd"] > 0
+    enc = records["encode_decode"]["result"]
+    assert enc["max_abs_diff_drorae_vs_diffusers"] < 1e-4  # the same weights give the same images
+    assert all(r["images_per_s"] > 0 for r in enc["rows"].values()) and len(enc["rows"]) == 3
+    assert records["fusion_share"]["result"]["summary"]
+    stab = records["stability"]["result"]
+    assert stab["stable_bf16"] is True and len(stab["bf16"]["losses"]) == 6 == len(stab["fp32"]["losses"])
+    assert len(stab["curves"]["bf16"]) == 3 and stab["max_relative_gap"] is not None
+    summary = (out / "summary.md").read_text()
+    for name in names:
+        assert f"| {name} |" in summary
+    assert "FAILED" not in summary
