@@ -11,12 +11,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     report = None
     if not args.generation_only:
-        report = run_demo(args.out, quick=args.quick, progress=not args.no_progress, seeds=args.seeds)
+        report = run_demo(
+            args.out, quick=args.quick, progress=not args.no_progress, seeds=args.seeds, workers=args.workers
+        )
     if args.generation or args.generation_only:
         from ..demo.generation import GenerationPlan, run_generation_demo
 
         plan = GenerationPlan.quick_plan() if args.quick else GenerationPlan()
-        report = run_generation_demo(args.out, plan, seeds=args.seeds, progress=not args.no_progress)
+        report = run_generation_demo(
+            args.out, plan, seeds=args.seeds, progress=not args.no_progress, workers=args.workers
+        )
     return 0 if report else 1
 
 
@@ -70,6 +74,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers meaningless)")
     p.add_argument("--seeds", type=int, default=1, help="train and evaluate every stage with K seeds (mean ± std)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="train independent stages side by side in N processes (default: 2 splitting the cores; 1: in order, "
+        "in this process, with progress bars)",
+    )
     p.add_argument(
         "--generation",
         action="store_true",

@@ -134,12 +134,15 @@ def run_generation_demo(
     plan: GenerationPlan | None = None,
     seeds: int = 1,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run the toy generation comparison on the tokenizers of a finished ``drorae demo`` at ``demo_out``;
-    writes ``<demo_out>/generation/report.md``, ``report.json`` and figures."""
+    writes ``<demo_out>/generation/report.md``, ``report.json`` and figures. Latent caches, DiT trainings and
+    sampling runs are jobs that run side by side in ``workers`` processes (:mod:`drorae.demo.jobs`)."""
+    import os
+
     from ..evaluation.generation import evaluate_generation
-    from ..generation.latents import cache_latents, compute_latent_stats
-    from ..generation.sampling import SampleSettings, run_sampling
+    from .jobs import Job, default_workers, run_jobs
 
     plan = plan or GenerationPlan()
     demo_out = Path(demo_out)
@@ -150,6 +153,7 @@ def run_generation_demo(
                 f"{demo_out / stage / 'model'} not found: the generation demo uses the tokenizers of `drorae demo`; "
                 f"run `drorae demo --out {demo_out}` first (or `drorae demo --generation`, which runs both)"
             )
+    workers, threads = (workers, max(1, (os.cpu_count() or 1) // workers)) if workers else default_workers()
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     data = out / "data"
@@ -157,50 +161,69 @@ def run_generation_demo(
     sample_photos.write_class_crops(data / "classes-ref", plan.crop, plan.ref_per_class, seed=4)
     seconds["data"] = time.perf_counter() - t
 
+    # 1. exact latent statistics per tokenizer; rows with identical latents (same fingerprint) share a cache and DiTs
+    t = time.perf_counter()
+    stats_jobs = [
+        Job(f"stats/{row}", _stats_job, (demo_out / stage / "model", data, out / row / "tokenizer"))
+        for row, stage in TOKENIZERS.items()
+    ]
+    stats = run_jobs(stats_jobs, workers, threads)
+    first_with: dict[str, str] = {}
+    shares: dict[str, str] = {}  # row -> the row whose cache and DiT it uses
+    for row in TOKENIZERS:
+        fingerprint = stats[f"stats/{row}"][0]
+        shares[row] = first_with.setdefault(fingerprint, row)
+        if shares[row] != row:
+            print(f"{row} has the latents of {shares[row]} (fingerprint {fingerprint}): its DiT is reused", flush=True)
+    owners = [row for row in TOKENIZERS if shares[row] == row]
+    seeds_ = [plan.seed + k for k in range(seeds)]
+    jobs = [Job(f"cache/{row}", _cache_job, (out / row / "tokenizer", data, out / row / "latents")) for row in owners]
+    # 2. the DiTs: one per latent and seed; on DRoRAE's latents also the head-trained DiT and the small guide
+    for seed in seeds_:
+        for row in owners:
+            tok, lat = out / row / "tokenizer", out / row / "latents"
+            run = out / row / f"seed{seed}" / "dit"
+            jobs.append(
+                Job(f"train/{row}/{seed}", _train_once, (run, tok, lat, plan, seed, False), after=(f"cache/{row}",))
+            )
+        if plan.guidance:
+            tok, lat, base = out / "drorae" / "tokenizer", out / "drorae" / "latents", out / "drorae" / f"seed{seed}"
+            head = [f"dit.guidance_head_block={plan.head_block}"]
+            head_args = (base / "dit_head", tok, lat, plan, seed, False, head)
+            guide_args = (base / "guide", tok, lat, plan, seed, False, GUIDE_OVERRIDES, plan.guide_steps)
+            jobs.append(Job(f"train/drorae_head/{seed}", _train_once, head_args, after=("cache/drorae",)))
+            jobs.append(Job(f"train/guide/{seed}", _train_once, guide_args, after=("cache/drorae",)))
+    trained = run_jobs(jobs, workers, threads)
+    seconds["latents_and_training_wall"] = time.perf_counter() - t
+    for name, (_, sec) in trained.items():
+        key = name.split("/")[0] + "_" + name.split("/")[1]
+        seconds[key] = seconds.get(key, 0.0) + sec
+
+    # 3. sampling and scoring: every (row, seed), the guidance rows at matched FLOPs
+    t = time.perf_counter()
+    costs = _guidance_costs(out / "drorae" / f"seed{plan.seed}", plan) if plan.guidance else None
+    jobs = []
+    for seed in seeds_:
+        for row in TOKENIZERS:
+            dit = out / shares[row] / f"seed{seed}" / "dit"
+            args = (dit, out / row / "tokenizer", out / row / f"seed{seed}", data, plan, seed)
+            jobs.append(Job(f"sample/{row}/{seed}", _sample_job, args))
+        for row, mode in GUIDED.items() if plan.guidance else ():
+            base = out / "drorae" / f"seed{seed}"
+            args = (base / "dit_head", out / "drorae" / "tokenizer", out / row / f"seed{seed}", data, plan, seed)
+            jobs.append(Job(f"sample/{row}/{seed}", _sample_job, (*args, mode, base / "guide", costs)))
+    sampled = run_jobs(jobs, workers, threads)
+    seconds["sample_eval_wall"] = time.perf_counter() - t
     per_seed: list[dict[str, dict]] = []
     histories: dict[str, list] = {}
-    first_with: dict[str, str] = {}  # latent fingerprint -> the first row with it
-    shares: dict[str, str] = {}  # row -> the row whose cache and DiT it uses
-    for row, stage in TOKENIZERS.items():
-        t = time.perf_counter()
-        print(f"\n== generation {row}: stats + cache-latents of the {stage} tokenizer ==", flush=True)
-        tok = out / row / "tokenizer"
-        if not (tok / "latent_stats.safetensors").is_file():
-            compute_latent_stats(demo_out / stage / "model", data / "classes", out_dir=tok, num_workers=0, device="cpu")
-        fingerprint = json.loads((tok / "latent_stats.json").read_text())["fingerprint"]
-        if fingerprint in first_with:  # the same latents (RAE's latent does not depend on the decoder)
-            shares[row] = first_with[fingerprint]
-            print(f"{row} has the latents of {shares[row]} (fingerprint {fingerprint}): its DiT is reused", flush=True)
-        else:
-            first_with[fingerprint] = shares[row] = row
-            cache_latents(tok, data / "classes", out / row / "latents", flip=True, num_workers=0, device="cpu")
-        seconds[f"{row}_latents"] = time.perf_counter() - t
-    for k in range(seeds):
-        seed = plan.seed + k
-        scores: dict[str, dict] = {}
-        for row in TOKENIZERS:
-            run = out / row / f"seed{seed}"
-            tok = out / row / "tokenizer"
-            t = time.perf_counter()
-            owner = shares[row]
-            print(f"\n== generation {row}: train-dit ({plan.dit_steps} steps), seed {seed} ==", flush=True)
-            dit = out / owner / f"seed{seed}" / "dit"
-            history = _train_once(dit, out / owner / "tokenizer", out / owner / "latents", plan, seed, progress)
-            if k == 0:
+    for seed in seeds_:
+        scores = {}
+        for row in [*TOKENIZERS, *(GUIDED if plan.guidance else ())]:
+            owner = "drorae_head" if row in GUIDED else shares[row]
+            history = trained[f"train/{owner}/{seed}"][0]
+            scores[row] = _row_metrics(sampled[f"sample/{row}/{seed}"][0], history)
+            if seed == plan.seed and row in (*TOKENIZERS, "drorae_head"):
                 histories[row] = history
-            seconds[f"{row}_train"] = seconds.get(f"{row}_train", 0.0) + time.perf_counter() - t
-            t = time.perf_counter()
-            settings = SampleSettings(
-                sampler=plan.sampler, steps=plan.sample_steps, seed=seed, batch_size=64, write_png=False
-            )
-            run_sampling(dit, tok, run / "samples", per_class=plan.samples_per_class, settings=settings, device="cpu")
-            report = evaluate_generation(
-                run / "samples" / "samples.npz", data / "classes-ref", features="backbone", tokenizer=tok, out=run
-            )
-            scores[row] = _row_metrics(report, history)
-            seconds[f"{row}_sample_eval"] = seconds.get(f"{row}_sample_eval", 0.0) + time.perf_counter() - t
-        if plan.guidance:
-            costs = _guidance_rows(scores, out, data, plan, seed, progress, histories if k == 0 else None, seconds)
         per_seed.append(scores)
 
     # the floor: the training crops themselves against the reference crops, in the same feature space
@@ -213,14 +236,15 @@ def run_generation_demo(
     report = {
         "plan": asdict(plan),
         "num_classes": len(sample_photos.load_photos("train")),
-        "seeds": [plan.seed + k for k in range(seeds)],
+        "seeds": seeds_,
         "rows": mean,
         "rows_std": std,
         "per_seed": per_seed,
         "real_train_crops": _row_metrics(real, None),
         "comparison": _comparison(per_seed),
-        "guidance_cost": costs if plan.guidance else None,
+        "guidance_cost": costs,
         "figures": figures,
+        "workers": {"processes": workers, "threads_each": threads},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "fd_note": "fd = Frechet distance of mean-pooled z_base features of the frozen demo backbone (samples vs the "
         "reference crops); not FID (no Inception network). precision/recall: prdc, k = 3, same features.",
@@ -232,24 +256,28 @@ def run_generation_demo(
     return report
 
 
-def _guidance_rows(scores, out, data, plan, seed, progress, histories, seconds) -> dict[str, Any]:
-    """The three guidance modes on one DiT^DH with a free-guidance head (DRoRAE latents), at matched FLOPs; adds
-    their rows to ``scores`` and returns the FLOPs per sample of each mode."""
-    from ..evaluation.generation import evaluate_generation
-    from ..generation.sampling import SampleSettings, run_sampling
+def _stats_job(model_dir: Path, data: Path, tok: Path) -> str:
+    """``drorae stats`` into ``tok`` (unless done): the tokenizer with its latent statistics; its fingerprint."""
+    from ..generation.latents import compute_latent_stats
 
-    tok, latents, base = out / "drorae" / "tokenizer", out / "drorae" / "latents", out / "drorae" / f"seed{seed}"
-    t = time.perf_counter()
-    head = [f"dit.guidance_head_block={plan.head_block}"]
-    history = _train_once(base / "dit_head", tok, latents, plan, seed, progress, head)
-    if histories is not None:
-        histories["drorae_head"] = history
-    _train_once(base / "guide", tok, latents, plan, seed, progress, GUIDE_OVERRIDES, steps=plan.guide_steps)
-    seconds["guidance_train"] = seconds.get("guidance_train", 0.0) + time.perf_counter() - t
+    if not (tok / "latent_stats.safetensors").is_file():
+        compute_latent_stats(model_dir, data / "classes", out_dir=tok, num_workers=0, device="cpu")
+    return json.loads((tok / "latent_stats.json").read_text())["fingerprint"]
+
+
+def _cache_job(tok: Path, data: Path, latents: Path) -> None:
+    from ..generation.latents import cache_latents
+
+    cache_latents(tok, data / "classes", latents, flip=True, num_workers=0, device="cpu")
+
+
+def _guidance_costs(base: Path, plan: GenerationPlan) -> dict[str, Any]:
+    """Matched sampling cost: AutoGuidance gets the number of steps whose main + guide forwards cost the FLOPs of
+    the other modes' main forwards (FLOPs of one forward counted by torch.utils.flop_counter)."""
     main_flops, guide_flops = _forward_flops(base / "dit_head"), _forward_flops(base / "guide")
     evaluations = plan.sample_steps - 1  # RAE's grid: steps points, steps - 1 evaluations
     ag_evaluations = max(1, round(evaluations * main_flops / (main_flops + guide_flops)))
-    costs = {
+    return {
         "main_forward_flops": main_flops,
         "guide_forward_flops": guide_flops,
         "evaluations": {"none": evaluations, "free": evaluations, "autoguidance": ag_evaluations},
@@ -259,28 +287,28 @@ def _guidance_rows(scores, out, data, plan, seed, progress, histories, seconds) 
             "autoguidance": ag_evaluations * (main_flops + guide_flops),
         },
     }
-    for row, mode in GUIDED.items():
-        t = time.perf_counter()
-        settings = SampleSettings(
-            guidance=mode,
-            scale={"none": 1.0, "free": plan.free_scale, "autoguidance": plan.autoguidance_scale}[mode],
-            interval=tuple(plan.free_interval) if mode == "free" else (0.0, 1.0),
-            sampler=plan.sampler,
-            steps=costs["evaluations"][mode] + 1,
-            seed=seed,
-            batch_size=64,
-            write_png=False,
-        )
-        run = out / row / f"seed{seed}"
-        guide = base / "guide" if mode == "autoguidance" else None
-        run_sampling(base / "dit_head", tok, run / "samples", per_class=plan.samples_per_class, guide_dir=guide,
-                     settings=settings, device="cpu")  # fmt: skip
-        report = evaluate_generation(
-            run / "samples" / "samples.npz", data / "classes-ref", features="backbone", tokenizer=tok, out=run
-        )
-        scores[row] = _row_metrics(report, history)
-        seconds[f"{row}_sample_eval"] = seconds.get(f"{row}_sample_eval", 0.0) + time.perf_counter() - t
-    return costs
+
+
+def _sample_job(dit, tok, run, data, plan, seed, mode="none", guide=None, costs=None) -> dict:
+    """``drorae sample`` (K per class) and ``drorae eval-gen --features backbone`` for one row and seed."""
+    from ..evaluation.generation import evaluate_generation
+    from ..generation.sampling import SampleSettings, run_sampling
+
+    steps = plan.sample_steps if mode == "none" or costs is None else costs["evaluations"][mode] + 1
+    settings = SampleSettings(
+        guidance=mode,
+        scale={"none": 1.0, "free": plan.free_scale, "autoguidance": plan.autoguidance_scale}[mode],
+        interval=tuple(plan.free_interval) if mode == "free" else (0.0, 1.0),
+        sampler=plan.sampler,
+        steps=steps,
+        seed=seed,
+        batch_size=64,
+        write_png=False,
+    )
+    run_sampling(dit, tok, run / "samples", per_class=plan.samples_per_class, settings=settings, device="cpu",
+                 guide_dir=guide if mode == "autoguidance" else None, progress=False)  # fmt: skip
+    return evaluate_generation(run / "samples" / "samples.npz", data / "classes-ref", features="backbone",
+                               tokenizer=tok, out=run)  # fmt: skip
 
 
 def _forward_flops(dit_dir: Path) -> int:

@@ -23,6 +23,7 @@ Everything trains through :class:`drorae.tokenizer.training.Trainer` with the pa
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -177,15 +178,32 @@ def reconstructions(model_dir: Path, images: torch.Tensor, backbone=None) -> tup
     return out.reconstruction.clamp(0, 1), weights
 
 
+def train_stage(plan, backbone_dir, name, phase, init, steps, lr, extra, seed, seed_out, progress=False) -> list:
+    """One training stage of the demo (a job: it may run in a worker process); its logged history."""
+    print(f"== {name}: phase {phase}, {steps} steps" + (f", from {init}" if init else "") + f", seed {seed} ==",
+          flush=True)  # fmt: skip
+    cfg = _stage_config(plan, backbone_dir, steps, lr, extra, seed=seed)
+    train_set = sample_photos.RandomCropDataset(
+        sample_photos.load_photos("train"), plan.crop, length=100_000, seed=seed
+    )
+    trainer = Trainer(
+        cfg, phase, seed_out / name, init=seed_out / init if init else None, dataset=train_set, progress=progress
+    )
+    return trainer.run().history
+
+
 def run_demo(
     out_dir: str | Path = "demo-out",
     quick: bool = False,
     progress: bool = True,
     cache_dir: str | Path | None = None,
     seeds: int = 1,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The whole demo; with ``seeds`` K > 1 the training stages and their evaluation run once per seed (seeds
-    ``plan.seed .. plan.seed + K - 1``, runs under ``<out>/seed<s>/``) and every row is reported as mean +- std."""
+    ``plan.seed .. plan.seed + K - 1``, runs under ``<out>/seed<s>/``) and every row is reported as mean +- std.
+    Independent stages train side by side in ``workers`` processes (default: 2 splitting the cores, see
+    :mod:`drorae.demo.jobs`)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     out = Path(out_dir)
@@ -246,30 +264,32 @@ def run_demo(
         ("layer_mean_phase2", "2", "layer_mean", plan.phase2_steps, plan.lr_fusion, []),
         ("layer_mean_phase3", "3", "layer_mean_phase2", plan.phase3_steps, plan.lr_finetune, []),
     ]
+    from .jobs import Job, default_workers, run_jobs
+
+    workers, threads = (workers, max(1, (os.cpu_count() or 1) // workers)) if workers else default_workers()
+    seed_dirs = [out if seeds == 1 else out / f"seed{plan.seed + k}" for k in range(seeds)]
+    jobs = [
+        Job(
+            f"{name}/seed{plan.seed + k}",
+            train_stage,
+            (plan, backbone_dir, name, phase, init, steps, lr, extra, plan.seed + k, seed_dirs[k]),
+            {"progress": progress and workers == 1},
+            after=(f"{init}/seed{plan.seed + k}",) if init else (),
+        )
+        for k in range(seeds)
+        for name, phase, init, steps, lr, extra in stages
+    ]
+    t = stage(f"training: {len(jobs)} stages ({workers} worker process(es) x {threads} thread(s))")
+    done = run_jobs(jobs, workers, threads)
+    seconds["training_wall"] = time.perf_counter() - t
     histories: dict[str, list] = {}
+    for name, *_ in stages:
+        histories[name] = done[f"{name}/seed{plan.seed}"][0]
+        seconds[name] = sum(done[f"{name}/seed{plan.seed + k}"][1] for k in range(seeds))
     per_seed: list[dict] = []
-    seed_dirs = []
-    for k in range(seeds):
-        seed = plan.seed + k
-        seed_out = out if seeds == 1 else out / f"seed{seed}"
-        seed_dirs.append(seed_out)
-        train_set = sample_photos.RandomCropDataset(train_photos, plan.crop, length=100_000, seed=seed)
-        for name, phase, init, steps, lr, extra in stages:
-            t = stage(f"{name}: phase {phase}, {steps} steps" + (f", from {init}" if init else "") + f", seed {seed}")
-            cfg = _stage_config(plan, backbone_dir, steps, lr, extra, seed=seed)
-            result = Trainer(
-                cfg,
-                phase,
-                seed_out / name,
-                init=seed_out / init if init else None,
-                dataset=train_set,
-                progress=progress,
-            ).run()
-            if k == 0:
-                histories[name] = result.history
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+    for k, seed_out in enumerate(seed_dirs):
         # 8. evaluation of this seed's models
-        t = stage(f"evaluation on held-out crops, seed {seed}")
+        t = stage(f"evaluation on held-out crops, seed {plan.seed + k}")
         model_dirs = {row: seed_out / ROW_STAGE[row] / "model" for row in ROWS}
         per_seed.append(evaluate_models(model_dirs, eval_images, backbone))
         seconds["eval"] = seconds.get("eval", 0.0) + time.perf_counter() - t
@@ -279,7 +299,9 @@ def run_demo(
     model_dirs = {row: seed_dirs[0] / ROW_STAGE[row] / "model" for row in ROWS}
     figures = write_figures(out, eval_images, model_dirs, probe_curve, histories, backbone)
     seconds["eval"] += time.perf_counter() - t
-    seconds["total"] = sum(seconds.values())
+    # stages ran side by side: the total is the wall time of the blocks, not the sum of the stages
+    stage_names = {name for name, *_ in stages}
+    seconds["total"] = sum(v for k, v in seconds.items() if k not in stage_names)
 
     report = {
         "seeds": [plan.seed + k for k in range(seeds)],
