@@ -20,6 +20,8 @@ from drorae.generation.flow import (
     x_prediction_loss,
 )
 
+from ..conftest import randomize
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "raev2_guidance"
 
 
@@ -27,14 +29,6 @@ def tiny(head_block=None, **kw):
     torch.manual_seed(0)
     cfg = dict(preset="DiTDH-tiny", in_channels=8, input_size=4, num_classes=3, guidance_head_block=head_block)
     return DiT(DiTConfig(**cfg, **kw)).eval()
-
-
-def randomize(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")
