@@ -139,3 +139,24 @@ def test_interrupted_training_leaves_no_cache_entry(monkeypatch, tmp_path) -> No
     with pytest.raises(KeyboardInterrupt):
         cached_backbone(recipe, cache_dir=tmp_path, progress=False)
     assert list((tmp_path / "backbones").iterdir()) == []
+
+
+def test_the_shipped_backbone_is_the_default_recipes_and_fills_an_empty_cache(tmp_path) -> None:
+    """A first `make demo` copies the shipped pretrained backbone instead of pretraining (no training here), and
+    that copy is the recipe's: same recipe file, the pretraining record, and weights that load and run."""
+    import torch
+
+    from drorae.demo.backbone import SHIPPED_BACKBONE, BackboneRecipe, cached_backbone
+    from drorae.tokenizer.backbones import load_backbone
+
+    recipe = BackboneRecipe()
+    assert BackboneRecipe.from_json((SHIPPED_BACKBONE / "recipe.json").read_text()) == recipe
+    stats = json.loads((SHIPPED_BACKBONE / "pretrain_stats.json").read_text())
+    assert stats["recipe_key"] == recipe.key() and stats["steps"] == recipe.steps
+    entry = cached_backbone(recipe, cache_dir=tmp_path, progress=False)
+    assert entry == tmp_path / "backbones" / recipe.key()
+    assert (entry / "model.safetensors").read_bytes() == (SHIPPED_BACKBONE / "model.safetensors").read_bytes()
+    backbone = load_backbone(str(entry), input_size=recipe.image_size)
+    assert backbone.num_layers == recipe.num_layers and backbone.hidden_size == recipe.hidden_size
+    out = backbone(torch.rand(1, 3, recipe.image_size, recipe.image_size))
+    assert torch.isfinite(out.hidden_states).all()

@@ -12,7 +12,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report = None
     if not args.generation_only:
         report = run_demo(
-            args.out, quick=args.quick, progress=not args.no_progress, seeds=args.seeds, workers=args.workers
+            args.out,
+            quick=args.quick,
+            progress=not args.no_progress,
+            seeds=args.seeds,
+            workers=args.workers,
+            pretrain_backbone=args.pretrain_backbone,
         )
     if args.generation or args.generation_only:
         from ..demo.generation import GenerationPlan, run_generation_demo
@@ -74,6 +79,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers meaningless)")
     p.add_argument("--seeds", type=int, default=1, help="train and evaluate every stage with K seeds (mean ± std)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.add_argument(
+        "--pretrain-backbone",
+        action="store_true",
+        help="pretrain the demo backbone (when not cached) instead of copying the one shipped with drorae",
+    )
     p.add_argument(
         "--workers",
         type=int,

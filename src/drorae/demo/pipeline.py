@@ -199,11 +199,13 @@ def run_demo(
     cache_dir: str | Path | None = None,
     seeds: int = 1,
     workers: int | None = None,
+    pretrain_backbone: bool = False,
 ) -> dict[str, Any]:
     """The whole demo; with ``seeds`` K > 1 the training stages and their evaluation run once per seed (seeds
     ``plan.seed .. plan.seed + K - 1``, runs under ``<out>/seed<s>/``) and every row is reported as mean +- std.
     Independent stages train side by side in ``workers`` processes (default: 2 splitting the cores, see
-    :mod:`drorae.demo.jobs`)."""
+    :mod:`drorae.demo.jobs`). The backbone comes from the cache, else from the copy shipped with drorae (made by
+    this pretraining), else it is pretrained; ``pretrain_backbone`` skips the shipped copy."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     out = Path(out_dir)
@@ -219,7 +221,7 @@ def run_demo(
 
     # 1. backbone ------------------------------------------------------------------------------
     t = stage("backbone: pretrain a tiny DINOv2-with-registers on the train photos (cached)")
-    backbone_dir = cached_backbone(recipe, cache_dir=cache_dir, progress=progress)
+    backbone_dir = cached_backbone(recipe, cache_dir=cache_dir, progress=progress, shipped=not pretrain_backbone)
     pretrain_stats = json.loads((backbone_dir / "pretrain_stats.json").read_text())
     seconds["backbone"] = time.perf_counter() - t
     print(f"backbone: {backbone_dir} ({'reused from cache' if seconds['backbone'] < 5 else 'trained now'})")
