@@ -468,14 +468,29 @@ def render_markdown(report: dict) -> str:
     plan = report["plan"]
     n = len(report["seeds"])
     lines = [
-        "# Toy generation: a DiT^DH on RAE latents vs on DRoRAE latents (CPU, offline)",
+        "# Toy generation: a DiT^DH on RAE, DRoRAE and RAEv2 layer-mean latents; three guidance modes (CPU, offline)",
         "",
         f"{plan['train_per_class']} training crops per class ({report.get('num_classes', '?')} classes = the demo's "
         "training photos), "
         f"{plan['ref_per_class']} reference crops per class (another draw); DiT^DH-tiny, {plan['dit_steps']} steps "
-        f"at batch {plan['batch_size']}, identical settings for both tokenizers; {plan['samples_per_class']} samples "
-        f"per class, {plan['sampler']} ODE, {plan['sample_steps']} steps, no guidance; {n} seed(s), mean ± std.",
+        f"at batch {plan['batch_size']}, identical settings for every tokenizer; {plan['samples_per_class']} samples "
+        f"per class, {plan['sampler']} ODE, {plan['sample_steps']} grid points; {n} seed(s), mean ± std.",
         "",
+        *(
+            [
+                "Guidance rows (DRoRAE latents): one DiT^DH trained with RAEv2's free-guidance head after trunk block "
+                f"{plan['head_block']} (its logged loss includes the head's term), sampled unguided, with AutoGuidance "
+                f"(scale {plan['autoguidance_scale']}, a smaller guide trained {plan['guide_steps']} steps) and with "
+                f"free guidance (scale {plan['free_scale']} on {list(plan['free_interval'])}); AutoGuidance takes "
+                f"{report['guidance_cost']['evaluations']['autoguidance']} evaluations instead of "
+                f"{report['guidance_cost']['evaluations']['none']} so that its FLOPs per sample match "
+                f"({report['guidance_cost']['flops_per_sample']['autoguidance'] / 1e9:.2f} vs "
+                f"{report['guidance_cost']['flops_per_sample']['none'] / 1e9:.2f} GFLOP).",
+                "",
+            ]
+            if report.get("guidance_cost")
+            else []
+        ),
         render_table(report),
         "",
         report["fd_note"],
