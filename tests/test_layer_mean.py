@@ -95,6 +95,17 @@ def test_saved_tokenizer_keeps_its_rule_and_its_latent(dinov2_reg_dir, images, t
     assert stats_fingerprint(back) == stats_fingerprint(tok)
 
 
+def test_switching_the_rule_of_a_loaded_model_drops_the_old_latents_statistics(dinov2_reg_dir, images):
+    tok = tokenizer(dinov2_reg_dir)
+    tok.set_latent_stats(torch.zeros(64, 8, 8), torch.ones(64, 8, 8) * 2)
+    tok.set_latent_rule([2, 3], global_mean=True)
+    assert tok.latent_layers == [2, 3] and not tok.config.latent_norm and "latent_mean" not in tok.state_dict()
+    expected = by_hand(dinov2_reg_dir, images, [2, 3], True)
+    torch.testing.assert_close(tok.encode(images).flatten(2).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="latent_layers"):
+        tok.set_latent_rule([5])
+
+
 def test_a_cache_or_dit_made_for_one_latent_refuses_another(dinov2_reg_dir):
     fingerprints = {
         stats_fingerprint(tokenizer(dinov2_reg_dir, layers, gm))

@@ -165,11 +165,16 @@ class DRoRAE(nn.Module):
 
     def set_latent_rule(self, layers: list[int] | None, global_mean: bool = False) -> None:
         """Switch the base latent to RAEv2's layer mean over ``layers`` (1-based; ``None``: the last block, RAE),
-        e.g. to continue a decoder on another latent. Latent statistics of the old latent no longer apply."""
+        e.g. to continue a decoder on another latent. Latent statistics describe the old latent, so they are
+        dropped (``drorae stats`` computes the new ones)."""
         cfg = replace(self.config.backbone, latent_layers=None if layers is None else list(layers),
                       latent_global_mean=bool(global_mean))  # fmt: skip
         self.latent_layers, self.latent_global_mean = cfg.latent_rule(self.backbone.num_layers)
         self.config.backbone = cfg
+        if self.config.latent_norm:
+            for name in ("latent_mean", "latent_std"):
+                self._buffers.pop(name, None)
+            self.config.latent_norm, self.config.latent_stats_shape = False, None
 
     def set_latent_stats(self, mean: Tensor, std: Tensor, eps: float = 1e-5) -> None:
         """Enable latent normalisation (z - mean) / (std + eps) with stats broadcastable to [C, h, w]."""
