@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -132,7 +133,7 @@ def sampling_speed(
     the main network with a guidance head after block ``round(depth * 8 / 28)`` (RAEv2's block 8 of 28)."""
     torch.manual_seed(0)
     if guidance == "free":
-        cfg = DiTConfig(**{**cfg.__dict__, "guidance_head_block": max(1, round(cfg.resolved().depth * 8 / 28))})
+        cfg = replace(cfg, guidance_head_block=max(1, round(cfg.resolved().depth * 8 / 28)))
     model = DiT(cfg).to(device).eval()
     c = model.config
     noise = torch.randn(batch, c.in_channels, c.input_size, c.input_size, device=device)

@@ -139,10 +139,9 @@ def run_generation_demo(
     """Run the toy generation comparison on the tokenizers of a finished ``drorae demo`` at ``demo_out``;
     writes ``<demo_out>/generation/report.md``, ``report.json`` and figures. Latent caches, DiT trainings and
     sampling runs are jobs that run side by side in ``workers`` processes (:mod:`drorae.demo.jobs`)."""
-    import os
 
     from ..evaluation.generation import evaluate_generation
-    from .jobs import Job, default_workers, run_jobs
+    from .jobs import Job, resolve_workers, run_jobs
 
     plan = plan or GenerationPlan()
     demo_out = Path(demo_out)
@@ -153,7 +152,7 @@ def run_generation_demo(
                 f"{demo_out / stage / 'model'} not found: the generation demo uses the tokenizers of `drorae demo`; "
                 f"run `drorae demo --out {demo_out}` first (or `drorae demo --generation`, which runs both)"
             )
-    workers, threads = (workers, max(1, (os.cpu_count() or 1) // workers)) if workers else default_workers()
+    workers, threads = resolve_workers(workers)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     data = out / "data"

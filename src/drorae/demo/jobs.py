@@ -26,10 +26,10 @@ class Job:
     after: tuple[str, ...] = ()  # names of the jobs that must finish first
 
 
-def default_workers() -> tuple[int, int]:
-    """(worker processes, threads each): two workers splitting the cores, or one on a single core."""
+def resolve_workers(workers: int | None = None) -> tuple[int, int]:
+    """(worker processes, threads each): ``workers`` splitting the cores, by default two (one on a single core)."""
     cores = os.cpu_count() or 1
-    workers = 2 if cores >= 2 else 1
+    workers = workers or (2 if cores >= 2 else 1)
     return workers, max(1, cores // workers)
 
 

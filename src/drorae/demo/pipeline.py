@@ -23,7 +23,6 @@ Everything trains through :class:`drorae.tokenizer.training.Trainer` with the pa
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -266,9 +265,9 @@ def run_demo(
         ("layer_mean_phase2", "2", "layer_mean", plan.phase2_steps, plan.lr_fusion, []),
         ("layer_mean_phase3", "3", "layer_mean_phase2", plan.phase3_steps, plan.lr_finetune, []),
     ]
-    from .jobs import Job, default_workers, run_jobs
+    from .jobs import Job, resolve_workers, run_jobs
 
-    workers, threads = (workers, max(1, (os.cpu_count() or 1) // workers)) if workers else default_workers()
+    workers, threads = resolve_workers(workers)
     seed_dirs = [out if seeds == 1 else out / f"seed{plan.seed + k}" for k in range(seeds)]
     jobs = [
         Job(
