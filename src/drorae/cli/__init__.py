@@ -4,7 +4,8 @@ calling the library.
 - :mod:`.interop`: ``import-rae``, ``import-rae-dit``, ``export-rae``;
 - :mod:`.tokenizer`: ``info``, ``reconstruct``, ``train``, ``eval``, ``analyze``, ``scaling``, ``ablate``;
 - :mod:`.data`: ``demo``, ``data sample``, ``data shard``;
-- :mod:`.generation`: ``stats``, ``cache-latents``, ``train-dit``, ``sample``, ``eval-gen``.
+- :mod:`.generation`: ``stats``, ``cache-latents``, ``train-dit``, ``sample``, ``eval-gen``;
+- :mod:`.text`: ``train-t2i``, ``sample-t2i``, ``eval-geneval``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import os
 import sys
 
-from . import data, generation, interop, tokenizer
+from . import data, generation, interop, text, tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="drorae", description="DRoRAE visual tokenizer: import, inspect, reconstruct, train, demo."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (interop, tokenizer, data, generation):
+    for group in (interop, tokenizer, data, generation, text):
         group.add_parsers(sub)
     return parser
 

@@ -2,8 +2,11 @@
 
 A shard set is what ``drorae data shard`` writes from an image folder: ``shard-000000.tar``, ``shard-000001.tar``,
 ... whose members are ``<key>.<ext>`` (the image file's bytes, unchanged), ``<key>.cls`` (the class index as
-text, for class sub-folders) and ``<key>.txt`` (the file's path relative to the folder), plus ``classes.json``
-(class names, sorted) beside them. Keys are the images' positions in the folder's sorted listing, so sample
+text, for class sub-folders), ``<key>.json`` (``{"path": the file's path relative to the folder}``) and, when the
+image has a caption beside it (``name.txt``), ``<key>.txt`` = the caption: img2dataset's layout, in which CC12M and
+LAION are distributed. Shards of drorae <= 0.4 hold the path in ``<key>.txt`` and have no ``.json``; they still
+read as image shards, and a caption reader refuses them with that reason. ``classes.json``
+(class names, sorted) sits beside the shards. Keys are the images' positions in the folder's sorted listing, so sample
 ``i`` of the shards is image ``i`` of the folder: same batches under the same seed, the same skip-and-count of
 unreadable files, and the same exact resume (the sampler's epoch and position are dataset indices).
 
@@ -100,39 +103,71 @@ def _key_and_ext(name: str) -> tuple[str, str]:
     return name[: len(name) - len(base)] + key, ext.lower()
 
 
-def index_shards(spec: str | os.PathLike) -> tuple[list[TarMember], list[int | None], list[str] | None]:
-    """``(image members, labels or None per image, class names or None)`` of a shard set, in stored order."""
+def index_shard_keys(spec: str | os.PathLike) -> tuple[list[Path], list[tuple[str, dict[str, TarMember]]]]:
+    """``(shard files, [(key, {extension: member})])`` of every sample with an image, in stored order."""
     shards = expand_shards(spec)
-    members: list[TarMember] = []
-    labels: list[int | None] = []
+    samples: list[tuple[str, dict[str, TarMember]]] = []
     for shard in shards:
-        images: dict[str, TarMember] = {}
-        classes: dict[str, int] = {}
+        keys: dict[str, dict[str, TarMember]] = {}
         try:
             with tarfile.open(shard, "r:") as tar:
                 for info in tar:
-                    if not info.isfile():
-                        continue
-                    key, ext = _key_and_ext(info.name)
-                    if "." + ext in IMAGE_EXTENSIONS:
-                        images[key] = TarMember(str(shard), info.name, info.offset_data, info.size)
-                    elif ext == "cls":
-                        classes[key] = int(tar.extractfile(info).read().decode().strip())
-        except (tarfile.TarError, OSError, ValueError) as err:
+                    if info.isfile():
+                        key, ext = _key_and_ext(info.name)
+                        keys.setdefault(key, {})[ext] = TarMember(str(shard), info.name, info.offset_data, info.size)
+        except (tarfile.TarError, OSError) as err:
             raise ValueError(f"shard {shard} is not a readable tar file: {err}") from None
-        for key, member in images.items():  # tar order = the writer's order
-            members.append(member)
-            labels.append(classes.get(key))
-    if not members:
+        for key, members in keys.items():  # tar order = the writer's order
+            if any("." + ext in IMAGE_EXTENSIONS for ext in members):
+                samples.append((key, members))
+    if not samples:
         raise ValueError(f"no images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) in the shards of {spec}")
+    return shards, samples
+
+
+def image_member(members: dict[str, TarMember]) -> TarMember:
+    return next(m for ext, m in members.items() if "." + ext in IMAGE_EXTENSIONS)
+
+
+def read_small_members(members: list[TarMember]) -> list[bytes]:
+    """The bytes of many small members (labels, captions, metadata), opening each shard once."""
+    handles: dict[str, object] = {}
+    try:
+        out = []
+        for m in members:
+            f = handles.get(m.shard) or handles.setdefault(m.shard, open(m.shard, "rb"))  # noqa: SIM115
+            f.seek(m.offset)
+            out.append(f.read(m.size))
+        return out
+    finally:
+        for f in handles.values():
+            f.close()
+
+
+def index_shards(spec: str | os.PathLike) -> tuple[list[TarMember], list[int | None], list[str] | None]:
+    """``(image members, labels or None per image, class names or None)`` of a shard set, in stored order."""
+    shards, samples = index_shard_keys(spec)
+    images = [image_member(members) for _, members in samples]
+    cls = [members["cls"] for _, members in samples if "cls" in members]
+    texts = iter(read_small_members(cls))
+    labels: list[int | None] = []
+    for _, members in samples:
+        label = None
+        if "cls" in members:
+            try:
+                label = int(next(texts).decode().strip())
+            except (UnicodeDecodeError, ValueError) as err:
+                raise ValueError(f"{members['cls']}: the class label is not an integer ({err})") from None
+        labels.append(label)
     names_file = shards[0].parent / CLASSES_NAME
     names = json.loads(names_file.read_text()) if names_file.is_file() else None
-    return members, labels, names
+    return images, labels, names
 
 
 def write_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int = 1000) -> dict:
     """``drorae data shard``: the images of a folder (in its sorted order) as tar shards of ``shard_size`` images,
-    with class labels when the folder has class sub-folders. The bytes are copied, not re-encoded."""
+    with class labels when the folder has class sub-folders and the captions of the images that have one
+    (``name.txt`` beside ``name.jpg``). The bytes are copied, not re-encoded."""
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     src, out = Path(src), Path(out)
@@ -143,7 +178,7 @@ def write_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int
     index = {name: i for i, name in enumerate(classes or [])}
     out.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(len(paths))))
-    count = 0
+    count = captions = 0
     for start in range(0, len(paths), shard_size):
         path = out / f"shard-{start // shard_size:06d}.tar"
         tmp = path.with_name(path.name + ".tmp")
@@ -152,14 +187,18 @@ def write_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int
                 key = str(i).zfill(width)
                 ext = paths[i].suffix.lower()
                 _add(tar, f"{key}{ext}", paths[i].read_bytes())
-                _add(tar, f"{key}.txt", relative[i].as_posix().encode())
+                _add(tar, f"{key}.json", json.dumps({"path": relative[i].as_posix()}).encode())
+                caption = paths[i].with_suffix(".txt")
+                if caption.is_file():
+                    _add(tar, f"{key}.txt", caption.read_bytes())
+                    captions += 1
                 if classes is not None:
                     _add(tar, f"{key}.cls", str(index[relative[i].parts[0]]).encode())
         tmp.replace(path)
         count += 1
     if classes is not None:
         (out / CLASSES_NAME).write_text(json.dumps(classes, indent=2) + "\n")
-    return {"images": len(paths), "shards": count, "classes": len(classes) if classes else 0}
+    return {"images": len(paths), "shards": count, "classes": len(classes) if classes else 0, "captions": captions}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -198,7 +198,7 @@ def run_sampling(
         "shift": shift,  # the one used (the DiT's training shift unless --shift)
         "grid": SamplerConfig(s.sampler, s.steps, shift, s.grid).grid,  # the one used (validates the settings)
     }
-    _check_run(out, run)
+    check_run_args(out / RUN_ARGS, run)
     dist.barrier()
     if dist.is_main and not (out / RUN_ARGS).is_file():
         (out / RUN_ARGS).write_text(json.dumps(run, indent=2) + "\n")
@@ -231,9 +231,9 @@ def _chunk_path(out: Path, k: int) -> Path:
     return out / CHUNK_DIR / f"chunk_{k:05d}.safetensors"
 
 
-def _check_run(out: Path, run: dict) -> None:
-    """A rerun into the same folder must ask for the same samples (its finished chunks are reused)."""
-    path = out / RUN_ARGS
+def check_run_args(path: Path, run: dict) -> None:
+    """A rerun into the same folder must ask for the same samples (what it finished is reused)."""
+    out = path.parent
     if path.is_file():
         before = json.loads(path.read_text())
         changed = {k: (before.get(k), v) for k, v in run.items() if before.get(k) != v}
