@@ -91,6 +91,12 @@ def load_t2i_config(path: str | Path | None = None, overrides: list[str] | None 
     return cfg
 
 
+def t2i_flow_loss(model, x: Tensor, noise: Tensor, t: Tensor, text_ids: Tensor, lengths: Tensor) -> Tensor:
+    """``mean |v_theta(x_t, t, caption) - (eps - x)|^2`` over channels, tokens and the batch (Bagel's MSE)."""
+    x_t, target = interpolate(x, noise, t)
+    return (model(x_t, t, text_ids, lengths).float() - target.float()).pow(2).mean()
+
+
 class T2ISamples(EpochSeededDataset):
     """Caption pairs plus their flow-matching randomness: ``noise``, ``u`` (the time's uniform) and ``drop`` (the
     caption replaced by the empty context with ``text_dropout``), drawn from ``(seed, epoch, index)``."""
@@ -194,12 +200,10 @@ class T2ITrainer(BaseTrainer):
             t = t.float()
             ids = batch["text_ids"].to(self.device)
             lengths = torch.where(batch["drop"], 0, batch["text_lengths"]).to(self.device)  # the empty context
-            x_t, target = interpolate(x, noise, t)
             no_sync = self.parallel.no_sync() if self.dist.enabled and i < last else nullcontext()
             with no_sync:
                 with self.autocast():
-                    v = self.parallel(x_t, t, ids, lengths)
-                loss = (v.float() - target.float()).pow(2).mean()
+                    loss = t2i_flow_loss(self.parallel, x, noise, t, ids, lengths)
                 (loss * weights[i]).backward()
             total += loss.detach() * weights[i]
             nonfinite |= ~torch.isfinite(loss.detach())
