@@ -363,11 +363,16 @@ class MoTGenerator(nn.Module):
     # -- what trains ----------------------------------------------------------------------------------------------
     def trainable(self, experts: str) -> list[tuple[str, nn.Parameter]]:
         """``gen``: the generation expert, its final norm and the latent projections/embeddings (the LLM stays as it
-        is, Bagel's ``freeze_und``); ``all``: everything (the understanding expert and the embeddings too)."""
+        is, Bagel's ``freeze_und``); ``all``: the understanding expert and the embeddings too, except what the flow
+        loss cannot reach without Bagel's next-token loss (the text's last-layer output path and final norm)."""
         if experts not in ("gen", "all"):
             raise ValueError(f"t2i.train_experts {experts!r} is not one of ('gen', 'all')")
+        last = len(self.und) - 1
+        unreachable = ("norm.", f"und.{last}.self_attn.o_proj.", f"und.{last}.mlp.", f"und.{last}.post_attention")
         und = ("und.", "embed_tokens.", "norm.")
-        return [(n, p) for n, p in self.named_parameters() if experts == "all" or not n.startswith(und)]
+        if experts == "gen":
+            return [(n, p) for n, p in self.named_parameters() if not n.startswith(und)]
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith(unreachable)]
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
