@@ -19,6 +19,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             workers=args.workers,
             pretrain_backbone=args.pretrain_backbone,
         )
+    if args.t2i:
+        from ..demo.t2i import T2IDemoPlan, run_t2i_demo
+
+        plan = T2IDemoPlan.quick_plan() if args.quick else T2IDemoPlan()
+        return 0 if run_t2i_demo(args.out, plan, seeds=args.seeds, progress=not args.no_progress) else 1
     if args.generation or args.generation_only:
         from ..demo.generation import GenerationPlan, run_generation_demo
 
@@ -68,6 +73,13 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_shapes(args: argparse.Namespace) -> int:
+    from ..data.shapes import write_shapes
+
+    print(write_shapes(args.out, args.num, args.size, seed=args.seed, prompts_per_tag=args.prompts_per_tag))
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "demo",
@@ -100,6 +112,12 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="only the generation stage, on the tokenizers of an earlier `drorae demo --out OUT`",
     )
+    p.add_argument(
+        "--t2i",
+        action="store_true",
+        help="only the text-to-image comparison: tiny MoTs on RAE vs DRoRAE latents of synthetic shapes, scored by "
+        "GenEval's rules (report in OUT/t2i/)",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("data", help="datasets")
@@ -128,3 +146,18 @@ def add_parsers(sub) -> None:
     q.add_argument("out", help="output folder for the shards")
     q.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     q.set_defaults(func=_cmd_data_shard)
+
+    q = data_sub.add_parser(
+        "shapes",
+        help="write the synthetic compositional set: coloured shapes with captions and GenEval metadata",
+        description="name.png + name.txt pairs (circles, squares, triangles; one to four; left/right/above/below) "
+        "cycling through GenEval's six categories, metadata.jsonl, and an evaluation prompt set.",
+    )
+    q.add_argument("out", help="output folder")
+    q.add_argument("--num", type=int, default=1800, help="image-caption pairs (default 1800)")
+    q.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--prompts-per-tag", type=int, default=8, help="evaluation prompts per category, in OUT_evaluation_metadata.jsonl"
+    )
+    q.set_defaults(func=_cmd_data_shapes)
