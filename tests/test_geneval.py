@@ -47,7 +47,9 @@ def test_rules_equal_genevals_own_code_on_240_hand_made_detection_sets():
         assert norm_reason(reason) == norm_reason(case["reason"]), i
         assert sorted(objects) == sorted(case["details"]), i  # the kept classes, then their boxes in order
         for name, kept in objects.items():
-            np.testing.assert_allclose(np.stack([b for b, _ in kept]), np.array(case["details"][name]), rtol=0, atol=1e-9)
+            np.testing.assert_allclose(
+                np.stack([b for b, _ in kept]), np.array(case["details"][name]), rtol=0, atol=1e-9
+            )
 
 
 def box(x1, y1, x2, y2, score=0.95):
@@ -74,7 +76,10 @@ def test_count_exclude_color_and_missing_target_rules_by_hand():
     assert len(kept["dog"]) == 2 and evaluate(kept, counting, always_red) == (True, "")  # 0.5 < 0.9 for counting
     wrong = {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "blue"}]}
     assert evaluate(dets, wrong, always_red) == (False, "expected blue dog>=1, found 0 blue; and 1 red")
-    position = {"tag": "position", "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["left of", 0]}]}
+    position = {
+        "tag": "position",
+        "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["left of", 0]}],
+    }
     correct, reason = evaluate(dets, position, always_red)
     assert not correct and reason == "expected cat>=1, found 0\nno target for dog to be left of"
 
@@ -100,14 +105,21 @@ def tiny_clip(out: Path) -> Path:
     image = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image, tokenizer=CLIPTokenizer(vocab=vocab, merges=[])).save_pretrained(str(out))
     text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(str(out))
     return out
 
 
 def tiny_mask2former(out: Path, names: list[str]) -> Path:
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     swin = SwinConfig(
         image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
@@ -140,7 +152,9 @@ def write_samples(root: Path) -> list[dict]:
         (root / f"{i:05d}" / "samples").mkdir(parents=True)
         (root / f"{i:05d}" / "metadata.jsonl").write_text(json.dumps(m))
         for k in range(2):
-            Image.fromarray(rng.integers(0, 255, (48, 56, 3), dtype=np.uint8)).save(root / f"{i:05d}/samples/{k:04d}.png")
+            Image.fromarray(rng.integers(0, 255, (48, 56, 3), dtype=np.uint8)).save(
+                root / f"{i:05d}/samples/{k:04d}.png"
+            )
     return meta
 
 
@@ -148,7 +162,9 @@ def test_eval_geneval_runs_end_to_end_on_tiny_random_models(geneval_models, tmp_
     m2f, clip = geneval_models
     meta = write_samples(tmp_path / "s")
     assert [m for _, m in sample_images(tmp_path / "s")] == [meta[0], meta[0], meta[1], meta[1]]
-    assert main(["eval-geneval", str(tmp_path / "s"), "--detector", str(m2f), "--clip", str(clip), "--device", "cpu"]) == 0
+    assert (
+        main(["eval-geneval", str(tmp_path / "s"), "--detector", str(m2f), "--clip", str(clip), "--device", "cpu"]) == 0
+    )
     rows = [json.loads(line) for line in (tmp_path / "s" / "geneval_results.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and {r["tag"] for r in rows} == {"single_object", "colors"}
     assert set(rows[0]) == {"filename", "tag", "prompt", "correct", "reason", "metadata", "details"}

@@ -15,7 +15,9 @@ IDS = dict(bos=1, eos=2, vision_start=3, vision_end=4, pad=0)
 
 def build(qk_norm=True, patch=1, seed=0):
     torch.manual_seed(seed)
-    cfg = MoTConfig(preset="tiny", qk_norm=qk_norm, latent_channels=8, latent_size=4, latent_patch_size=patch, token_ids=IDS)
+    cfg = MoTConfig(
+        preset="tiny", qk_norm=qk_norm, latent_channels=8, latent_size=4, latent_patch_size=patch, token_ids=IDS
+    )
     model = MoTGenerator(cfg).eval()
     torch.nn.init.normal_(model.latent_out.weight, std=0.5)  # zero-initialised: give the output something to show
     return model

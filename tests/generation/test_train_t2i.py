@@ -135,7 +135,7 @@ def test_gen_mode_trains_only_the_generation_expert(pairs, llm_dir, tokenizer_di
 def test_sample_t2i_writes_genevals_layout_resumes_and_seeds_per_image(pairs, llm_dir, tokenizer_dir, tmp_path):
     train(tmp_path / "run", tokenizer_dir, llm_dir, pairs, "train.max_steps=2")
     meta = [
-        {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}], "prompt": "a photo of a red circle"},
+        {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}], "prompt": "a red circle"},
         {"tag": "single_object", "include": [{"class": "square", "count": 1}], "prompt": "a photo of a square"},
     ]  # fmt: skip
     prompts = tmp_path / "evaluation_metadata.jsonl"

@@ -9,6 +9,11 @@ from pathlib import Path
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    if args.t2i:  # its own tokenizers, trained on the shapes
+        from ..demo.t2i import T2IDemoPlan, run_t2i_demo
+
+        plan = T2IDemoPlan.quick_plan() if args.quick else T2IDemoPlan()
+        return 0 if run_t2i_demo(args.out, plan, seeds=args.seeds, progress=not args.no_progress) else 1
     report = None
     if not args.generation_only:
         report = run_demo(
@@ -19,11 +24,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             workers=args.workers,
             pretrain_backbone=args.pretrain_backbone,
         )
-    if args.t2i:
-        from ..demo.t2i import T2IDemoPlan, run_t2i_demo
-
-        plan = T2IDemoPlan.quick_plan() if args.quick else T2IDemoPlan()
-        return 0 if run_t2i_demo(args.out, plan, seeds=args.seeds, progress=not args.no_progress) else 1
     if args.generation or args.generation_only:
         from ..demo.generation import GenerationPlan, run_generation_demo
 
@@ -158,6 +158,9 @@ def add_parsers(sub) -> None:
     q.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument(
-        "--prompts-per-tag", type=int, default=8, help="evaluation prompts per category, in OUT_evaluation_metadata.jsonl"
+        "--prompts-per-tag",
+        type=int,
+        default=8,
+        help="evaluation prompts per category, in OUT_evaluation_metadata.jsonl",
     )
     q.set_defaults(func=_cmd_data_shapes)

@@ -60,7 +60,9 @@ def _place(rng, n: int, size: int, constraint=None, tries: int = 200) -> list[tu
             r = rng.uniform(size * 0.11, size * 0.16)
             boxes.append((rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1), r))
         apart = all(
-            max(abs(a[0] - b[0]), abs(a[1] - b[1])) > a[2] + b[2] + 2 for i, a in enumerate(boxes) for b in boxes[i + 1 :]
+            max(abs(a[0] - b[0]), abs(a[1] - b[1])) > a[2] + b[2] + 2
+            for i, a in enumerate(boxes)
+            for b in boxes[i + 1 :]
         )
         if apart and (constraint is None or constraint(boxes)):
             return boxes
@@ -144,5 +146,7 @@ def write_shapes(out: str | Path, num: int, size: int = 64, seed: int = 0, promp
     if prompts_per_tag:
         eval_rng = np.random.default_rng(seed + 10_000)
         prompts = [make_example(eval_rng, tag, size)[2] for tag in TAGS for _ in range(prompts_per_tag)]
-        (out.parent / f"{out.name}_evaluation_metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in prompts))
+        (out.parent / f"{out.name}_evaluation_metadata.jsonl").write_text(
+            "".join(json.dumps(m) + "\n" for m in prompts)
+        )
     return {"pairs": num, "size": size, "out": str(out)}

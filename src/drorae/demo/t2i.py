@@ -77,7 +77,9 @@ def _score_folder(folder: Path, metadata: list[dict]) -> list[tuple[str, bool]]:
 
 
 def _categories(scored: list[tuple[str, bool]]) -> dict[str, float]:
-    cats = {t: float(np.mean([ok for tag, ok in scored if tag == t])) for t in TAGS if any(tag == t for tag, _ in scored)}
+    cats = {
+        t: float(np.mean([ok for tag, ok in scored if tag == t])) for t in TAGS if any(tag == t for tag, _ in scored)
+    }
     return {**cats, "overall": float(np.mean(list(cats.values())))}
 
 
@@ -94,7 +96,9 @@ def _ceiling(shapes: Path, metadata: list[dict], tokenizers: dict[str, Path]) ->
     rows = {"ground truth": images}
     for name, path in tokenizers.items():
         model = DRoRAE.from_pretrained(path).eval()
-        rows[name] = torch.cat([model.decode(model.encode(images[i : i + 32])).clamp(0, 1) for i in range(0, len(images), 32)])
+        rows[name] = torch.cat(
+            [model.decode(model.encode(images[i : i + 32])).clamp(0, 1) for i in range(0, len(images), 32)]
+        )
     out = {}
     for name, batch in rows.items():
         pixels = (batch * 255).round().byte().permute(0, 2, 3, 1).numpy()
@@ -188,10 +192,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _aggregate(per_seed: list[dict]) -> dict[str, Any]:
     keys = [*TAGS, "overall"]
-    summary = {r: {k: _mean_std([s[r][k] for s in per_seed if k in s[r]]) for k in keys if k in per_seed[0][r]} for r in ROWS}
-    margins = {
-        k: _mean_std([s["drorae"][k] - s["rae"][k] for s in per_seed]) for k in keys if k in per_seed[0]["rae"]
+    summary = {
+        r: {k: _mean_std([s[r][k] for s in per_seed if k in s[r]]) for k in keys if k in per_seed[0][r]} for r in ROWS
     }
+    margins = {k: _mean_std([s["drorae"][k] - s["rae"][k] for s in per_seed]) for k in keys if k in per_seed[0]["rae"]}
     return {"summary": summary, "margins": margins}
 
 

@@ -52,13 +52,16 @@ Detection = tuple[np.ndarray, Any]
 ColorFn = Callable[[list[Detection], str], list[str]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rules:
     threshold: float = THRESHOLD
     counting_threshold: float = COUNTING_THRESHOLD
     max_objects: int = MAX_OBJECTS
     nms_threshold: float = NMS_THRESHOLD
     position_threshold: float = POSITION_THRESHOLD
+
+
+GENEVAL_RULES = Rules()  # GenEval's defaults
 
 
 def compute_iou(a, b) -> float:
@@ -70,7 +73,7 @@ def compute_iou(a, b) -> float:
 
 
 def keep_detections(
-    per_class: dict[str, tuple[np.ndarray, list | None]], tag: str, rules: Rules = Rules()
+    per_class: dict[str, tuple[np.ndarray, list | None]], tag: str, rules: Rules = GENEVAL_RULES
 ) -> dict[str, list[Detection]]:
     """``{class: (boxes [N, 5], masks or None)}`` -> the kept detections per class, highest score first (classes
     with none are absent)."""
@@ -105,7 +108,7 @@ def relative_position(obj_a: Detection, obj_b: Detection, threshold: float = POS
     return [r for r, on in zip(RELATIONS, flags) if on]
 
 
-def evaluate(objects: dict[str, list[Detection]], metadata: dict, colors_of: ColorFn, rules: Rules = Rules()):
+def evaluate(objects: dict[str, list[Detection]], metadata: dict, colors_of: ColorFn, rules: Rules = GENEVAL_RULES):
     """``(correct, reason)`` of one image's kept detections against its GenEval metadata; ``colors_of(objects,
     class)`` names the colour of each object."""
     correct, reason, matched_groups = True, [], []
@@ -136,7 +139,9 @@ def evaluate(objects: dict[str, list[Detection]], metadata: dict, colors_of: Col
                             found_relations = relative_position(obj, other, rules.position_threshold)
                             if relation not in found_relations:
                                 correct = matched = False
-                                reason.append(f"expected {name} {relation} target, found {' and '.join(found_relations)} target")
+                                reason.append(
+                                    f"expected {name} {relation} target, found {' and '.join(found_relations)} target"
+                                )
                                 break
                         if not matched:
                             break
@@ -220,7 +225,7 @@ def run_geneval(
     metadata: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 8,
-    rules: Rules = Rules(),
+    rules: Rules = GENEVAL_RULES,
 ) -> dict[str, Any]:
     """``drorae eval-geneval``: GenEval's results jsonl and a summary JSON (``geneval_summary.json``)."""
     import torch
@@ -228,7 +233,9 @@ def run_geneval(
 
     from .geneval_models import ClipColors, Mask2FormerDetector
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     items = sample_images(samples_dir, metadata)
     detector = Mask2FormerDetector(detector_dir, dev)
     colors = ClipColors(clip_dir, dev)
@@ -242,7 +249,8 @@ def run_geneval(
         images = [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p, _ in chunk]
         for (path, meta), image, per_class in zip(chunk, images, detector.detect(images)):
             objects = keep_detections(per_class, meta["tag"], rules)
-            correct, reason = evaluate(objects, meta, lambda objs, name: colors.classify(image, objs, name), rules)
+            colors_of = lambda objs, name, image=image: colors.classify(image, objs, name)
+            correct, reason = evaluate(objects, meta, colors_of, rules)
             results.append(result_record(str(path), meta, objects, correct, reason))
     root = Path(samples_dir)
     out = Path(out) if out is not None else root / "geneval_results.jsonl"

@@ -35,10 +35,14 @@ class Mask2FormerDetector:
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         path = _local(
-            path, "Mask2Former", "save facebook/mask2former-swin-small-coco-instance with save_pretrained and pass its folder"
+            path,
+            "Mask2Former",
+            "save facebook/mask2former-swin-small-coco-instance with save_pretrained and pass its folder",
         )
         self.processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
-        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        self.model = (
+            Mask2FormerForUniversalSegmentation.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        )
         self.device, self.max_per_image = device, max_per_image
         labels = self.model.config.id2label
         self.class_names = [labels[i] for i in range(len(labels))]

@@ -224,7 +224,9 @@ class MoTGenerator(nn.Module):
             raise KeyError(f"the LLM checkpoint lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}")
         for key, value in ours.items():
             if own[key].shape != value.shape:
-                raise ValueError(f"{key}: the LLM checkpoint has {tuple(value.shape)}, this MoT {tuple(own[key].shape)}")
+                raise ValueError(
+                    f"{key}: the LLM checkpoint has {tuple(value.shape)}, this MoT {tuple(own[key].shape)}"
+                )
         self.load_state_dict(ours, strict=False)
 
     # -- one layer -------------------------------------------------------------------------------------------------
@@ -392,9 +394,13 @@ class MoTGenerator(nn.Module):
         directory = model_dir(directory)
         meta = read_json(directory / CONFIG_NAME, "a drorae MoT config")
         if meta.get("format") != "drorae-mot":
-            raise ValueError(f"{directory} is not a drorae text-to-image model (config.json format {meta.get('format')!r})")
+            raise ValueError(
+                f"{directory} is not a drorae text-to-image model (config.json format {meta.get('format')!r})"
+            )
         if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{directory} has MoT format {meta['format_version']}; this drorae reads <= {FORMAT_VERSION}")
+            raise ValueError(
+                f"{directory} has MoT format {meta['format_version']}; this drorae reads <= {FORMAT_VERSION}"
+            )
         model = cls(MoTConfig(**meta["config"]))
         load_strict(model, load_safetensors(directory / WEIGHTS_NAME), source=directory / WEIGHTS_NAME)
         return model.to(map_location)
@@ -409,7 +415,9 @@ def llm_config_from_dir(llm_dir: str | Path) -> dict:
     path = Path(llm_dir)
     data = read_json(path / "config.json", "an LLM's config.json")
     if data.get("model_type") != "qwen2":
-        raise ValueError(f"{path}: model_type {data.get('model_type')!r}; the MoT is built on Qwen2 (model_type 'qwen2')")
+        raise ValueError(
+            f"{path}: model_type {data.get('model_type')!r}; the MoT is built on Qwen2 (model_type 'qwen2')"
+        )
     rope = data.get("rope_parameters") or {}
     out = {k: data[k] for k in LLM_FIELDS if k in data and k != "rope_theta"}
     out["rope_theta"] = float(data.get("rope_theta", rope.get("rope_theta", 10000.0)))
@@ -448,4 +456,3 @@ def special_token_ids(tokenizer) -> dict[str, int]:
             f"{list(SPECIAL_TOKENS.values())}"
         )
     return {name: int(vocab[tok]) for name, tok in SPECIAL_TOKENS.items()}
-

@@ -176,7 +176,9 @@ class T2ITrainer(BaseTrainer):
         if cfg.train.compile:
             self.mot.compile()
         self.parallel = self.dist.wrap(self.mot)
-        base = CaptionPairs(data, self.tokenizer.decoder.config.image_size, self.text, cfg.data.random_flip, cfg.train.seed)
+        base = CaptionPairs(
+            data, self.tokenizer.decoder.config.image_size, self.text, cfg.data.random_flip, cfg.train.seed
+        )
         self.unpaired = base.unpaired
         self.collate_fn = partial(collate_captions, pad_id=self.text.ids["pad"])
         self.setup(trained, T2ISamples(base, self.latent_shape, cfg.flow.text_dropout, cfg.train.seed))
@@ -245,8 +247,9 @@ class T2ITrainer(BaseTrainer):
         trained = sum(p.numel() for _, p in self.trained)
         print(
             f"train-t2i: MoT on Qwen2 {m.hidden_size}x{len(m.und)} ({m.parameter_count():,} parameters, {trained:,} "
-            f"trained: {self.config.text.train_experts}); latent {list(self.latent_shape)}; {len(self.dataset)} caption "
-            f"pairs ({self.unpaired} images without a caption left out); shift {self.shift:.3f}; "
+            f"trained: {self.config.text.train_experts}); latent {list(self.latent_shape)}; "
+            f"{len(self.dataset)} caption pairs ({self.unpaired} images without a caption left out); "
+            f"shift {self.shift:.3f}; "
             f"precision={'bf16' if self.bf16 else 'fp32'}; world_size={self.world}",
             flush=True,
         )
