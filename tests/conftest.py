@@ -104,6 +104,7 @@ SLOW_MODULES = {
     "generation/test_sampling.py",  # stats -> cache -> train-dit -> sample pipeline, torchrun sampling, real gFID
     "generation/test_eval_gen.py",  # torch-fidelity's Inception at 299 px
     "test_evaluation.py",  # drorae eval end to end, torchrun, the real Inception network
+    "demo/test_t2i_demo.py",  # the whole text-to-image demo (quick plan)
 }
 SLOW_TESTS = {
     "test_fusion.py::test_compiled_fusion_matches_eager_forward_and_gradients",  # torch.compile
@@ -112,6 +113,8 @@ SLOW_TESTS = {
     "test_cli.py::test_console_script_is_installed_or_module_runs",  # a fresh interpreter
     "generation/test_import_rae_dit.py::test_rae_generators_end_to_end_on_cpu",
     "test_benchmarks.py::test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes",  # six subprocesses
+    "generation/test_train_t2i.py::test_sigkill_then_resume_equals_the_uninterrupted_run",
+    "generation/test_train_t2i.py::test_two_torchrun_processes_equal_one_process_with_the_doubled_batch",
 }
 
 

@@ -4,7 +4,7 @@ A frozen pretrained ViT, a depth-routed fusion of all its layers (paper eqs. 2-5
 RAE-compatible ViT decoder; plus training, evaluation and the offline demo.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from .configuration import ConfigError  # noqa: E402
 from .interop import export_rae, import_rae  # noqa: E402

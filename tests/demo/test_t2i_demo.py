@@ -8,7 +8,6 @@ from drorae.data.shapes import TAGS
 from drorae.demo.t2i import ROWS, T2IDemoPlan, run_t2i_demo
 
 
-@pytest.mark.slow
 def test_quick_t2i_demo_reports_ceiling_scores_and_margins(tmp_path):
     report = run_t2i_demo(tmp_path, T2IDemoPlan.quick_plan(), seeds=2)
     out = tmp_path / "t2i"

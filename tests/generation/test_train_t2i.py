@@ -169,7 +169,6 @@ def cli(out, tok, llm, data, *overrides):
             "--config", str(CONFIG), "--out", str(out), *FAST, *overrides]  # fmt: skip
 
 
-@pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run(pairs, llm_dir, tokenizer_dir, tmp_path):
     steps = ["train.max_steps=30", "train.checkpoint_every=2"]
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -196,7 +195,6 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(pairs, llm_dir, tokeni
     assert_same(weights(full), weights(killed), atol=1e-6)
 
 
-@pytest.mark.slow
 def test_two_torchrun_processes_equal_one_process_with_the_doubled_batch(pairs, llm_dir, tokenizer_dir, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = (tokenizer_dir, llm_dir, pairs)
