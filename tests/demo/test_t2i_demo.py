@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from drorae.data.shapes import TAGS
 from drorae.demo.t2i import ROWS, T2IDemoPlan, run_t2i_demo
 
