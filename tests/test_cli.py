@@ -25,6 +25,9 @@ COMMANDS = [
     "train-dit",
     "sample",
     "eval-gen",
+    "train-t2i",
+    "sample-t2i",
+    "eval-geneval",
 ]
 
 
