@@ -23,6 +23,7 @@ from drorae.generation.text.tiny_llm import make_tiny_llm
 from drorae.generation.text.trainer import T2ITrainer, load_t2i_config
 
 from .conftest import REPO, env
+from .test_train_dit import assert_same, weights
 
 CONFIG = REPO / "configs" / "t2i" / "t2i-tiny-cpu.yaml"
 FAST = [
@@ -58,16 +59,6 @@ def train(out, tok, llm, data, *overrides):
     finally:
         trainer.close()
     return result
-
-
-def weights(run):
-    return load_file(str(run / "model" / "model.safetensors"))
-
-
-def assert_same(a, b, atol):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=atol, msg=k)
 
 
 def test_captions_from_shards_equal_captions_from_the_folder(pairs, llm_dir, tmp_path):

@@ -22,14 +22,32 @@ from .folders import EpochSeededDataset, sample_generator
 from .image_files import list_image_files
 from .shards import TarMember, image_member, index_shard_keys, is_shard_spec, read_small_members
 
+SPECIAL_TOKENS = {  # Qwen2.5's tokens, as Bagel frames a caption and an image
+    "bos": "<|im_start|>",
+    "eos": "<|im_end|>",
+    "vision_start": "<|vision_start|>",
+    "vision_end": "<|vision_end|>",
+    "pad": "<|endoftext|>",
+}
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The ids of Bagel's framing tokens in the LLM's tokenizer; a missing one is named."""
+    vocab = tokenizer.get_vocab()
+    missing = [tok for tok in SPECIAL_TOKENS.values() if tok not in vocab]
+    if missing:
+        raise ValueError(
+            f"the LLM's tokenizer has no {missing}: the MoT frames captions and images with Qwen2.5's tokens "
+            f"{list(SPECIAL_TOKENS.values())}"
+        )
+    return {name: int(vocab[tok]) for name, tok in SPECIAL_TOKENS.items()}
+
 
 class CaptionTokenizer:
     """The LLM's tokenizer and Bagel's framing tokens; picklable (DataLoader workers tokenize)."""
 
     def __init__(self, tokenizer_dir: str | Path, max_tokens: int = 128):
         from transformers import AutoTokenizer
-
-        from ..generation.text.mot import special_token_ids
 
         path = Path(tokenizer_dir)
         if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
@@ -143,23 +161,22 @@ class CaptionPairs(EpochSeededDataset):
 
 
 def collate_captions(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Stack the readable samples; captions right-padded with ``pad_id`` into ``text_ids`` [B, T] and
-    ``text_lengths`` [B]; the skipped names and ``num_samples`` for the skip accounting and the sampler."""
+    """Stack the readable samples (``image`` -> ``images``; ``noise``, ``u``, ``drop`` ...), their captions
+    right-padded with ``pad_id`` into ``text_ids`` [B, T] and ``text_lengths`` [B]; the skipped names and
+    ``num_samples`` for the skip accounting and the sampler."""
     good = [s for s in batch if s.get("image") is not None]
     out: dict[str, Any] = {
         "skipped": [str(s["skipped"]) for s in batch if s.get("image") is None],
         "num_samples": len(batch),
         "indices": torch.tensor([int(s["index"]) for s in good], dtype=torch.long),
     }
-    if not good:
-        return out
-    out["text_ids"], out["text_lengths"] = pad_captions([s["text_ids"].tolist() for s in good], pad_id)
-    for key in good[0]:
-        if key in ("index", "text_ids"):
-            continue
-        values = [s[key] for s in good]
-        name = {"image": "images"}.get(key, key)
-        out[name] = torch.stack(values) if isinstance(values[0], Tensor) else torch.tensor(values)
+    if good:
+        out["text_ids"], out["text_lengths"] = pad_captions([s["text_ids"].tolist() for s in good], pad_id)
+    for key in good[0] if good else ():
+        if key not in ("index", "text_ids"):
+            values = [s[key] for s in good]
+            name = "images" if key == "image" else key
+            out[name] = torch.stack(values) if isinstance(values[0], Tensor) else torch.tensor(values)
     return out
 
 

@@ -457,7 +457,7 @@ class FlowMatchingSamples(EpochSeededDataset):
         super().__init__()
         self.base, self.latent_shape, self.label_dropout = base, tuple(latent_shape), label_dropout
         self.seed = derive_seed(seed, 2)  # independent of the base's flip draws
-        self.classes = base.classes
+        self.classes = getattr(base, "classes", None)  # caption data (text-to-image) has none
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

@@ -34,20 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...data.captions import SPECIAL_TOKENS
 from ...embeddings import sincos_pos_embed_2d
 from ...serialization import load_safetensors, load_strict, model_dir, read_json, save_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
-SPECIAL_TOKENS = {  # Qwen2.5's tokens, as Bagel frames a caption and an image
-    "bos": "<|im_start|>",
-    "eos": "<|im_end|>",
-    "vision_start": "<|vision_start|>",
-    "vision_end": "<|vision_end|>",
-    "pad": "<|endoftext|>",
-}
-
 # The LLM's shapes (``transformers.Qwen2Config`` fields). Qwen2.5-0.5B's are the paper's (section 4.1).
 LLM_PRESETS: dict[str, dict] = {
     "qwen2.5-0.5b": dict(
@@ -444,15 +437,3 @@ def load_llm_state_dict(llm_dir: str | Path) -> dict[str, Tensor]:
         f"{path} has no model.safetensors (or model.safetensors.index.json): give a local transformers Qwen2 "
         "checkpoint saved with safetensors (e.g. a download of Qwen/Qwen2.5-0.5B)"
     )
-
-
-def special_token_ids(tokenizer) -> dict[str, int]:
-    """The ids of Bagel's framing tokens in the LLM's tokenizer; a missing one is named."""
-    vocab = tokenizer.get_vocab()
-    missing = [tok for tok in SPECIAL_TOKENS.values() if tok not in vocab]
-    if missing:
-        raise ValueError(
-            f"the LLM's tokenizer has no {missing}: the MoT frames captions and images with Qwen2.5's tokens "
-            f"{list(SPECIAL_TOKENS.values())}"
-        )
-    return {name: int(vocab[tok]) for name, tok in SPECIAL_TOKENS.items()}

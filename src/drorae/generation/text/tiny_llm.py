@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .mot import LLM_PRESETS, SPECIAL_TOKENS
+from ...data.captions import SPECIAL_TOKENS
+from .mot import LLM_PRESETS
 
 
 def make_tiny_llm(out_dir: str | Path, words: list[str], preset: str = "tiny", seed: int = 0, **shapes) -> Path:

@@ -15,17 +15,16 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ...data.captions import CaptionPairs, CaptionTokenizer, collate_captions
-from ...data.folders import EpochSeededDataset, derive_seed, sample_generator
 from ...engine import BaseTrainer, StepOutput
 from ...engine.config import DataConfig, LoopConfig, OptimConfig, check, load_yaml_config, validate_run
 from ...engine.logger import RunLogger
 from ..flow import TIME_DISTRIBUTIONS, dimension_shift, interpolate, time_from_uniform
+from ..latents import FlowMatchingSamples
 from .mot import MoTConfig, MoTGenerator, llm_config_from_dir, load_llm_state_dict
 
 
@@ -97,33 +96,6 @@ def t2i_flow_loss(model, x: Tensor, noise: Tensor, t: Tensor, text_ids: Tensor, 
     return (model(x_t, t, text_ids, lengths).float() - target.float()).pow(2).mean()
 
 
-class T2ISamples(EpochSeededDataset):
-    """Caption pairs plus their flow-matching randomness: ``noise``, ``u`` (the time's uniform) and ``drop`` (the
-    caption replaced by the empty context with ``text_dropout``), drawn from ``(seed, epoch, index)``."""
-
-    def __init__(self, base: CaptionPairs, latent_shape: tuple[int, ...], text_dropout: float, seed: int):
-        super().__init__()
-        self.base, self.latent_shape, self.text_dropout = base, tuple(latent_shape), text_dropout
-        self.seed = derive_seed(seed, 2)
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.base.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.base[index]
-        if item.get("image") is None:
-            return item
-        g = sample_generator(self.seed, self.epoch, index)
-        item["noise"] = torch.randn(self.latent_shape, generator=g)
-        item["u"] = torch.rand((), generator=g).clamp(1e-6, 1 - 1e-6)
-        item["drop"] = bool(torch.rand((), generator=g) < self.text_dropout)
-        return item
-
-
 class T2ITrainer(BaseTrainer):
     """One ``train-t2i`` run: ``tokenizer_dir`` (a drorae tokenizer), ``llm_dir`` (a local Qwen2 checkpoint with its
     tokenizer), ``data`` (a folder of image + caption pairs, or caption shards)."""
@@ -181,7 +153,8 @@ class T2ITrainer(BaseTrainer):
         )
         self.unpaired = base.unpaired
         self.collate_fn = partial(collate_captions, pad_id=self.text.ids["pad"])
-        self.setup(trained, T2ISamples(base, self.latent_shape, cfg.flow.text_dropout, cfg.train.seed))
+        # every pair's noise, time and caption dropout from (seed, epoch, index), as train-dit's labels
+        self.setup(trained, FlowMatchingSamples(base, self.latent_shape, cfg.flow.text_dropout, cfg.train.seed))
 
     def batch_inputs(self, batch: dict) -> dict:
         return batch
