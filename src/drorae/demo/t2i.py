@@ -144,17 +144,10 @@ def run_t2i_demo(
     drorae = _tokenizer(plan, backbone, shapes, out / "tokenizers" / "drorae", 2, out / "tokenizers" / "rae")
     tokenizers = {"rae": rae, "drorae": drorae}
     seconds["tokenizers"] = time.perf_counter() - t
-    t = time.perf_counter()
-    held_meta = [json.loads(line) for line in (held / "metadata.jsonl").read_text().splitlines()]
-    ceiling = _ceiling(held, held_meta, tokenizers)
-    seconds["ceiling"] = time.perf_counter() - t
-    print("ceiling (scorer on ground truth / reconstructions):", json.dumps(ceiling), flush=True)
     llm = make_tiny_llm(out / "tiny-qwen2", vocabulary())
-    per_seed: list[dict[str, dict[str, float]]] = []
     losses: dict[str, list[float]] = {r: [] for r in ROWS}
     t = time.perf_counter()
     for seed in range(seeds):
-        row_scores = {}
         for name, tok in tokenizers.items():
             run = out / f"seed{seed}" / name
             overrides = [
@@ -173,11 +166,29 @@ def run_t2i_demo(
             samples = run / "samples-eval"
             run_t2i_sampling(run, tok, eval_meta_path, samples, per_prompt=plan.per_prompt, settings=settings,
                              device="cpu", progress=False)  # fmt: skip
-            row_scores[name] = _categories(_score_folder(samples, eval_meta))
             _grid(samples, eval_meta, out / f"grid_{name}_seed{seed}.png")
-            print(f"seed {seed} {name}: {json.dumps(row_scores[name])}", flush=True)
-        per_seed.append(row_scores)
     seconds["generators"] = time.perf_counter() - t
+    return score_t2i_demo(out, plan, seeds, losses, seconds)
+
+
+def score_t2i_demo(out: Path, plan: T2IDemoPlan, seeds: int, losses: dict, seconds: dict) -> dict[str, Any]:
+    """The ceiling and every seed's scores from what a run left in ``out`` (tokenizers, sample folders), and the
+    report; also rescores a finished run (``score_t2i_demo(out, ...)`` with its ``report.json``'s fields)."""
+    t = time.perf_counter()
+    tokenizers = {name: out / "tokenizers" / name / "model" for name in ROWS}
+    held = out / "shapes-heldout"
+    held_meta = [json.loads(line) for line in (held / "metadata.jsonl").read_text().splitlines()]
+    ceiling = _ceiling(held, held_meta, tokenizers)
+    print("ceiling (scorer on ground truth / reconstructions):", json.dumps(ceiling), flush=True)
+    eval_meta = [json.loads(line) for line in (out / "shapes_evaluation_metadata.jsonl").read_text().splitlines()]
+    per_seed = []
+    for seed in range(seeds):
+        row_scores = {
+            name: _categories(_score_folder(out / f"seed{seed}" / name / "samples-eval", eval_meta)) for name in ROWS
+        }
+        print(f"seed {seed}: {json.dumps(row_scores)}", flush=True)
+        per_seed.append(row_scores)
+    seconds = {**seconds, "scoring": time.perf_counter() - t}
     report = {"plan": asdict(plan), "seeds": seeds, "ceiling": ceiling, "per_seed": per_seed, "final_loss": losses,
               "seconds": seconds, **_aggregate(per_seed)}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

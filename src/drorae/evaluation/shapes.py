@@ -1,8 +1,9 @@
 """The scorer of the synthetic shapes set (:mod:`drorae.data.shapes`), with no network.
 
 Each pixel takes the nearest palette colour (or white) within a distance; connected components of one colour above a
-minimum area are objects; the share of its box an object fills names its shape (square ~1, circle ~pi/4, triangle
-~1/2). The detections go through GenEval's rules (:mod:`drorae.evaluation.geneval`) unchanged, with the component's
+minimum area are objects; the shape drawn in the object's box (circle, square, triangle) that overlaps its pixels
+best (IoU) names it, which survives a decoder's rounded corners and ragged edges better than a fill ratio does.
+The detections go through GenEval's rules (:mod:`drorae.evaluation.geneval`) unchanged, with the component's
 colour standing in for CLIP's.
 """
 
@@ -10,11 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.shapes import PALETTE, WHITE
+from ..data.shapes import PALETTE, SHAPES, WHITE, ShapeObject, draw
 from .geneval import evaluate, keep_detections
 
 
-def detect_shapes(image: np.ndarray, max_distance: float = 90.0, min_area: int = 12) -> dict:
+def _templates(h: int, w: int) -> dict[str, np.ndarray]:
+    """Each shape drawn to fill an ``h`` x ``w`` box (as :func:`~drorae.data.shapes.draw` draws it), as masks."""
+    side = max(h, w)
+    return {s: draw([ShapeObject(s, "red", w / 2, h / 2, side / 2)], side)[:h, :w, 1] < 128 for s in SHAPES}
+
+
+def detect_shapes(image: np.ndarray, max_distance: float = 110.0, min_area: int = 12) -> dict:
     """``{shape: (boxes [N, 5], colours [N])}`` of an RGB uint8 image: GenEval's detection format with score 1 and
     box ``[x1, y1, x2 + 1, y2 + 1]`` (mmdetection's mask box), the colour in place of the mask."""
     from skimage.measure import label, regionprops
@@ -30,9 +37,9 @@ def detect_shapes(image: np.ndarray, max_distance: float = 90.0, min_area: int =
             if region.area < min_area:
                 continue
             y1, x1, y2, x2 = region.bbox  # exclusive ends: mmdetection's x_max + 1
-            fill = region.area / ((y2 - y1) * (x2 - x1))
-            shape = "square" if fill > 0.88 else ("circle" if fill > 0.64 else "triangle")
-            entry = found.setdefault(shape, ([], []))
+            pixels = region.image
+            iou = {s: (pixels & t).sum() / max((pixels | t).sum(), 1) for s, t in _templates(y2 - y1, x2 - x1).items()}
+            entry = found.setdefault(max(iou, key=iou.get), ([], []))
             entry[0].append([x1, y1, x2, y2, 1.0])
             entry[1].append(name)
     return {k: (np.array(b, dtype=np.float64), c) for k, (b, c) in found.items()}
