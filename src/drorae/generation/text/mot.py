@@ -181,6 +181,9 @@ class MoTGenerator(nn.Module):
         self.register_buffer(
             "pos_embed", sincos_pos_embed_2d(h, config.max_latent_size, cls_token=False), persistent=False
         )
+        g, m = config.grid, config.max_latent_size
+        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        self.register_buffer("pos_ids", (rows * m + cols).flatten(), persistent=False)  # Bagel's h * max_size + w
         self.latent_out = nn.Linear(h, config.token_dim)  # Bagel's llm2vae, zero-initialised
         self.initialize_weights()
 
@@ -273,9 +276,7 @@ class MoTGenerator(nn.Module):
         """``W_in patchify(x_t) + TimeEmbed(t) + PosEmbed2D``: [B, N, H] (Bagel's packed_latent)."""
         cfg = self.config
         tokens = self.latent_in(patchify(x_t, cfg.latent_patch_size).to(self.latent_in.weight.dtype))
-        g, m = cfg.grid, cfg.max_latent_size
-        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-        pos = self.pos_embed[(rows * m + cols).flatten().to(x_t.device)]  # Bagel's h * max_latent_size + w ids
+        pos = self.pos_embed[self.pos_ids]  # device buffers: no host-to-device copy per sampling step
         return tokens + self.time_embed(t)[:, None] + pos.to(tokens.dtype)[None]
 
     def markers(self, batch: int, device: torch.device) -> Tensor:
