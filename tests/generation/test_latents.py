@@ -72,6 +72,27 @@ def test_stats_in_place_keeps_the_backbone_and_fusion_off_differs(tokenizer_dir,
     assert off["fusion_enabled"] is False and off["fingerprint"] != on["fingerprint"]
 
 
+def test_stats_read_a_caption_folder_without_classes(tokenizer_dir, class_dir, tmp_path):
+    """A text-to-image user's folder (``name.png`` + ``name.txt``, no class sub-folders) gets the same statistics as
+    the same images in class folders: ``drorae stats`` does not read labels."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    flat = tmp_path / "captions"
+    flat.mkdir()
+    images = sorted(p for p in class_dir.rglob("*") if p.suffix == ".png")
+    for i, path in enumerate(images):
+        shutil.copy(path, flat / f"{i:03d}.png")
+        (flat / f"{i:03d}.txt").write_text("a caption\n")
+    compute_latent_stats(tokenizer_dir, class_dir, out_dir=tmp_path / "classes", num_workers=0, device="cpu")
+    result = compute_latent_stats(tokenizer_dir, flat, out_dir=tmp_path / "flat", num_workers=0, device="cpu")
+    assert result["count"] == len(images) == 18
+    a, b = (load_file(str(tmp_path / d / "latent_stats.safetensors")) for d in ("classes", "flat"))
+    torch.testing.assert_close(a["mean"], b["mean"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(a["var"], b["var"], rtol=0, atol=1e-6)
+
+
 def test_flat_folder_is_refused_with_the_reason(tmp_path):
     from PIL import Image
 

@@ -126,11 +126,12 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "stats",
         help="exact per-position latent mean/var of a tokenizer over an image folder, stored with the tokenizer",
-        description="Stream the tokenizer's un-normalised latents over a class-folder image set (ADM centre crop), "
+        description="Stream the tokenizer's un-normalised latents over an image folder (any depth, class "
+        "sub-folders or a caption folder; labels are not read) or shards (ADM centre crop), "
         "merge exact moments across torchrun ranks, and store (z - mean) / sqrt(var + 1e-5) as its normalisation.",
     )
     p.add_argument("--model", required=True, help="DRoRAE directory (updated in place unless --out is given)")
-    p.add_argument("--data", required=True, help="image folder with class sub-folders (e.g. ImageNet train)")
+    p.add_argument("--data", required=True, help="images at any depth (ImageNet train, a caption folder) or shards")
     p.add_argument("--out", help="write a copy of the tokenizer with the statistics here instead")
     p.add_argument("--fusion", choices=["on", "off"], help="fusion on or off (default: as saved)")
     p.add_argument("--flip", action="store_true", help="include every image's mirror image (training flips)")

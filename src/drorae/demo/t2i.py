@@ -40,6 +40,11 @@ class T2IDemoPlan:
     tokenizer_batch: int = 16
     phase1_steps: int = 500
     phase2_steps: int = 250
+    # the tiny Qwen2's width: at least the latent's 128 channels (RAE's rule, arXiv 2510.11690: a narrower network
+    # cannot fit the latent; on this set the 64-wide MoT's final loss was 0.65, the 128-wide one's 0.16)
+    llm_hidden: int = 128
+    llm_intermediate: int = 352
+    llm_layers: int = 2
     mot_steps: int = 800
     mot_batch: int = 32
     sample_steps: int = 25
@@ -90,7 +95,7 @@ def _ceiling(shapes: Path, metadata: list[dict], tokenizers: dict[str, Path]) ->
     from ..tokenizer.model import DRoRAE
 
     images = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(shapes / f"{i:06d}.png").convert("RGB"))).permute(2, 0, 1)
+        torch.from_numpy(np.array(Image.open(shapes / f"{i:06d}.png").convert("RGB"))).permute(2, 0, 1)
         for i in range(len(metadata))
     ]).float() / 255  # fmt: skip
     rows = {"ground truth": images}
@@ -113,7 +118,7 @@ def _grid(folder: Path, metadata: list[dict], out: Path) -> None:
     tiles = []
     for i in range(len(metadata)):
         for png in sorted((folder / f"{i:05d}" / "samples").glob("*.png")):
-            tiles.append(torch.from_numpy(np.asarray(Image.open(png).convert("RGB"))).permute(2, 0, 1).float() / 255)
+            tiles.append(torch.from_numpy(np.array(Image.open(png).convert("RGB"))).permute(2, 0, 1).float() / 255)
     if tiles:
         per_row = max(1, len(tiles) // len(metadata))
         save_image(torch.stack(tiles), out, nrow=per_row, padding=1, pad_value=1.0)
@@ -144,7 +149,13 @@ def run_t2i_demo(
     drorae = _tokenizer(plan, backbone, shapes, out / "tokenizers" / "drorae", 2, out / "tokenizers" / "rae")
     tokenizers = {"rae": rae, "drorae": drorae}
     seconds["tokenizers"] = time.perf_counter() - t
-    llm = make_tiny_llm(out / "tiny-qwen2", vocabulary())
+    llm = make_tiny_llm(
+        out / "tiny-qwen2",
+        vocabulary(),
+        hidden_size=plan.llm_hidden,
+        intermediate_size=plan.llm_intermediate,
+        num_hidden_layers=plan.llm_layers,
+    )
     losses: dict[str, list[float]] = {r: [] for r in ROWS}
     t = time.perf_counter()
     for seed in range(seeds):

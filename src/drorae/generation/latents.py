@@ -40,10 +40,15 @@ STATS_EPS = 1e-5  # RAE: (z - mean) / sqrt(var + 1e-5)
 # -- labelled images --------------------------------------------------------------------------------------------
 
 
-def list_classes(root: str | Path) -> tuple[list[str], list[Path], list[int]]:
-    """``(class names, image paths, labels)`` of a ``root/<class>/...`` folder; classes sorted by name."""
+def list_classes(root: str | Path, labels: bool = True) -> tuple[list[str], list[Path], list[int]]:
+    """``(class names, image paths, labels)`` of a ``root/<class>/...`` folder; classes sorted by name.
+    ``labels=False``: every image at any depth (or in the shards), all labelled 0 and no class names (what
+    ``drorae stats`` reads, so that a caption folder or caption shards can be measured too)."""
     from ..data.shards import index_shards, is_shard_spec
 
+    if not labels:
+        members = index_shards(root)[0] if is_shard_spec(root) else list_images(Path(root))
+        return [], members, [0] * len(members)
     if is_shard_spec(root):
         members, labels, names = index_shards(root)
         if any(y is None for y in labels):
@@ -66,10 +71,12 @@ class LabeledImageFolder(EpochSeededDataset):
     """ADM-centre-cropped images in ``[0, 1]`` with class labels; items ``{"image", "label", "index"}``, or
     ``{"image": None, "skipped": path}`` for a file that cannot be decoded (counted by the trainer)."""
 
-    def __init__(self, root: str | Path, image_size: int, random_flip: bool = False, seed: int = 0):
+    def __init__(
+        self, root: str | Path, image_size: int, random_flip: bool = False, seed: int = 0, labels: bool = True
+    ):
         super().__init__()
         self.root = Path(root)
-        self.classes, self.paths, self.labels = list_classes(root)
+        self.classes, self.paths, self.labels = list_classes(root, labels)
         self.image_size, self.random_flip, self.seed = image_size, random_flip, seed
 
     def __len__(self) -> int:
@@ -224,7 +231,8 @@ def compute_latent_stats(
     device: str = "auto",
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """``drorae stats``: exact per-position mean/var of the tokenizer's (un-normalised) latents over a folder.
+    """``drorae stats``: exact per-position mean/var of the tokenizer's (un-normalised) latents over a folder
+    of images at any depth (class sub-folders or not) or shards; labels are not read.
 
     Ranks of a ``torchrun`` job take interleaved slices and their moments are merged in rank order. The result
     is stored with the tokenizer (``latent_stats.safetensors``: mean, var, count; and as its normalisation
@@ -239,7 +247,7 @@ def compute_latent_stats(
     tokenizer = DRoRAE.from_pretrained(model_dir, map_location=dist.device).eval()
     if fusion is not None:
         tokenizer.fusion_enabled = fusion
-    dataset = LabeledImageFolder(data_dir, tokenizer.decoder.config.image_size)
+    dataset = LabeledImageFolder(data_dir, tokenizer.decoder.config.image_size, labels=False)  # labels unused
     moments, skipped = LatentMoments(), []
     show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     loader = _loader(dataset, range(dist.rank, len(dataset), dist.world_size), batch_size, num_workers)
