@@ -45,7 +45,7 @@ demo: install
 	$(VENV)/bin/drorae demo --out demo-out
 
 # every GPU benchmark in one command (one process each; JSON under benchmarks/results/gpu/, a summary table);
-# fits 8 minutes on one H100/H200. On a CPU: `$(PY) benchmarks/gpu_suite.py --device cpu --smoke` (tested).
+# fits 10 minutes on one H100/H200. On a CPU: `$(PY) benchmarks/gpu_suite.py --device cpu --smoke` (tested).
 bench-gpu: $(VENV)/.installed-test
 	$(PY) benchmarks/gpu_suite.py
 

@@ -1,5 +1,5 @@
 """``make bench-gpu``: every GPU benchmark in one command, one process per benchmark, a JSON per benchmark under
-``benchmarks/results/gpu/`` and a summary table at the end. Fits in 8 minutes on one H100/H200; ``--device cpu
+``benchmarks/results/gpu/`` and a summary table at the end. Fits in 10 minutes on one H100/H200; ``--device cpu
 --smoke`` runs the same benchmarks with tiny sizes (that is what the test suite runs).
 
     python benchmarks/gpu_suite.py                              # on the GPU, full sizes
@@ -14,6 +14,9 @@
 - ``encode_decode``: encode + decode img/s of drorae beside diffusers' AutoencoderRAE with the same weights, and
   with fusion on;
 - ``fusion_share``: the fusion module's share of the encoder forward, time against FLOPs;
+- ``t2i_mot``: the paper's text-to-image MoT (Qwen2.5-0.5B shapes, 16x16x768 latent, 128 caption tokens):
+  training img/s and peak memory, generation expert only and both experts, gradient checkpointing off and on; the
+  largest batch; 50-step CFG sampling img/s;
 - ``stability``: 2,000 DiT^DH-S steps in bf16 and in fp32 from the same weights and data: any non-finite loss or
   gradient, and both loss curves.
 
@@ -37,7 +40,7 @@ DEFAULT_OUT = HERE / "results" / "gpu"
 
 
 def commands(device: str, smoke: bool, out: Path) -> dict[str, tuple[list[str], int]]:
-    """name -> (argv of its process, time limit in seconds). Full sizes fit 8 minutes on one H100/H200 in all."""
+    """name -> (argv of its process, time limit in seconds). Full sizes fit 10 minutes on one H100/H200 in all."""
     py = [sys.executable]
     if smoke:
         dit = ["--preset", "DiTDH-tiny", "--latent", "16", "4", "4", "--classes", "10"]
@@ -59,6 +62,10 @@ def commands(device: str, smoke: bool, out: Path) -> dict[str, tuple[list[str], 
                                    "--iters", "1", "--device", device, "--json", str(out / "fusion_share.json")], 300),
             "stability": (py + [str(HERE / "bf16_stability.py"), *dit, "--batch", "4", "--steps", "6", "--window",
                                 "2", "--device", device, "--json", str(out / "stability.json")], 300),
+            "t2i_mot": (py + [str(HERE / "mot_throughput.py"), "--preset", "tiny", "--latent", "16", "4", "4",
+                              "--text", "8", "--batch", "2", "--checkpointing", "off", "on", "--iters", "1",
+                              "--sample-steps", "3", "--find-max-batch", "8", "--device", device,
+                              "--json", str(out / "t2i_mot.json")], 300),
         }  # fmt: skip
     return {
         "dit_train": (py + [str(HERE / "dit_throughput.py"), "--preset", "DiTDH-XL", "--batch", "64", "256",
@@ -79,6 +86,10 @@ def commands(device: str, smoke: bool, out: Path) -> dict[str, tuple[list[str], 
                                "--dtype", "bf16", "--device", device, "--json", str(out / "fusion_share.json")], 30),
         "stability": (py + [str(HERE / "bf16_stability.py"), "--preset", "DiTDH-S", "--batch", "256", "--steps",
                             "2000", "--device", device, "--json", str(out / "stability.json")], 45),
+        "t2i_mot": (py + [str(HERE / "mot_throughput.py"), "--preset", "qwen2.5-0.5b", "--batch", "32", "--experts",
+                          "gen", "all", "--checkpointing", "off", "on", "--iters", "5", "--warmup", "2",
+                          "--find-max-batch", "512", "--sample-steps", "50", "--device", device,
+                          "--json", str(out / "t2i_mot.json")], 90),
     }  # fmt: skip
 
 
@@ -163,6 +174,16 @@ def summarize(status: dict) -> str:
                 add(name, f"h = {row['expert_hidden']}, {row['variant']}",
                     f"fusion forward: time {row['measured_fusionfwd_over_enc']:.1%} of the encoder's, FLOPs "
                     f"{row['analytic_fusionfwd_over_enc']:.1%}")  # fmt: skip
+        elif name == "t2i_mot":
+            for row in r["train"]:
+                peak = row.get("peak_memory_gib")
+                add(name, f"batch {row['batch']}, train {row['experts']}, checkpointing {row['checkpointing']}",
+                    f"{row['img_per_s']:.1f} img/s" + (f", peak {peak:.1f} GiB" if peak else ""))  # fmt: skip
+            if r.get("max_batch"):
+                add(name, "largest batch that fits", str(r["max_batch"]["batch"]))
+            for row in r["sampling"]:
+                add(name, f"CFG {row['scale']}, {row['steps']} steps, batch {row['batch']}",
+                    f"{row['images_per_s']:.1f} img/s")  # fmt: skip
         elif name == "stability":
             add(name, f"{r['preset']}, {r['steps']} steps, batch {r['batch']}",
                 f"bf16 finite: {r['stable_bf16']}; last-window loss bf16 {r['curves']['bf16'][-1]:.4f} / fp32 "

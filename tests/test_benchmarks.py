@@ -181,6 +181,25 @@ def test_tokenizer_forward_flops_match_torch_flop_counter():
     assert enc["total"] == counter.get_total_flops() + attention
 
 
+def test_mot_forward_flops_match_torch_flop_counter():
+    """mot_throughput's analytic count = torch's count of the joint pass's matmuls + the attention products over the
+    whole sequence (SDPA's, not counted by torch on CPU: 2 x 2 FLOPs x S^2 x width per layer)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from drorae.generation.text.mot import MoTGenerator
+
+    bench = load_script("mot_throughput")
+    cfg = bench.build_config("tiny", [16, 4, 4])
+    model = MoTGenerator(cfg)
+    text = 5
+    x, ids, lengths = bench._inputs(model.config, 1, text, "cpu")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, torch.rand(1), ids, lengths)
+    s, h, layers = text + 2 + 16, 64, 2
+    assert bench.mot_flops(cfg, text)["total"] == counter.get_total_flops() + layers * 2 * 2 * s * s * h
+
+
 def test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes(tmp_path):
     """`make bench-gpu`'s suite on the CPU with tiny sizes: one process per benchmark, a JSON each, a summary."""
     import subprocess
@@ -191,7 +210,7 @@ def test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--smoke", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    names = ("dit_train", "dit_sample", "tokenizer_train", "encode_decode", "fusion_share", "stability")
+    names = ("dit_train", "dit_sample", "tokenizer_train", "encode_decode", "fusion_share", "stability", "t2i_mot")
     records = {n: json.loads((out / f"{n}.json").read_text()) for n in names}
     for name, rec in records.items():
         assert rec["ok"] and rec["smoke"] and rec["device"] == "cpu" and rec["torch"], name
@@ -215,6 +234,10 @@ def test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes(tmp_path):
     stab = records["stability"]["result"]
     assert stab["stable_bf16"] is True and len(stab["bf16"]["losses"]) == 6 == len(stab["fp32"]["losses"])
     assert len(stab["curves"]["bf16"]) == 3 and stab["max_relative_gap"] is not None
+    mot = records["t2i_mot"]["result"]
+    assert [(r["experts"], r["checkpointing"]) for r in mot["train"]] == [("gen", False), ("gen", True)]
+    assert all(r["img_per_s"] > 0 for r in mot["train"]) and mot["sampling"][0]["images_per_s"] > 0
+    assert mot["max_batch"]["batch"] == 8
     summary = (out / "summary.md").read_text()
     for name in names:
         assert f"| {name} |" in summary
