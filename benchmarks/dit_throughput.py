@@ -105,14 +105,14 @@ def train_throughput(cfg: DiTConfig, batch: int, device, bf16: bool, compile_: b
     return out
 
 
-def find_max_batch(cfg: DiTConfig, start: int, cap: int, device, bf16: bool, compile_: bool) -> dict:
-    """The largest training batch (doubling from ``start`` up to ``cap``) whose step runs without running out of
-    memory; each try is one warm-up step and one timed step."""
+def largest_batch(step, start: int, cap: int, device) -> dict:
+    """The largest batch (doubling from ``start`` up to ``cap``) for which ``step(batch)`` runs without running out
+    of memory (shared by the stage-2 and text-to-image benchmarks)."""
     tried, best = [], None
     batch = start
     while batch <= cap:
         try:
-            train_throughput(cfg, batch, device, bf16, compile_, iters=1, warmup=1)
+            step(batch)
             tried.append({"batch": batch, "fits": True})
             best = batch
         except torch.OutOfMemoryError:
@@ -123,6 +123,12 @@ def find_max_batch(cfg: DiTConfig, start: int, cap: int, device, bf16: bool, com
                 torch.cuda.empty_cache()
         batch *= 2
     return {"batch": best, "tried": tried, "cap": cap}
+
+
+def find_max_batch(cfg: DiTConfig, start: int, cap: int, device, bf16: bool, compile_: bool) -> dict:
+    """The largest training batch whose step runs; each try is one warm-up step and one timed step."""
+    return largest_batch(lambda b: train_throughput(cfg, b, device, bf16, compile_, iters=1, warmup=1), start, cap,
+                         device)  # fmt: skip
 
 
 @torch.no_grad()

@@ -24,12 +24,15 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]  # drorae from this checkout; the shared benchmark helpers
+
+from dit_throughput import _sync, largest_batch  # noqa: E402
 
 from drorae.data.captions import SPECIAL_TOKENS  # noqa: E402
 from drorae.engine.ema import EMA  # noqa: E402
@@ -63,11 +66,6 @@ def mot_flops(cfg: MoTConfig, text_tokens: int) -> dict[str, int]:
     }
     out["total"] = sum(out.values())
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _inputs(cfg: MoTConfig, batch: int, text: int, device):
@@ -118,20 +116,9 @@ def train_throughput(cfg: MoTConfig, batch: int, text: int, device, bf16: bool, 
 
 def find_max_batch(cfg, start, cap, text, device, bf16, checkpointing, experts) -> dict:
     """The largest training batch (doubling from ``start`` up to ``cap``) that runs without running out of memory."""
-    tried, best, batch = [], None, start
-    while batch <= cap:
-        try:
-            train_throughput(cfg, batch, text, device, bf16, checkpointing, experts, iters=1, warmup=1)
-            tried.append({"batch": batch, "fits": True})
-            best = batch
-        except torch.OutOfMemoryError:
-            tried.append({"batch": batch, "fits": False})
-            break
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        batch *= 2
-    return {"batch": best, "tried": tried, "cap": cap}
+    step = partial(train_throughput, cfg, text=text, device=device, bf16=bf16, checkpointing=checkpointing,
+                   experts=experts, iters=1, warmup=1)  # fmt: skip
+    return largest_batch(lambda b: step(batch=b), start, cap, device)
 
 
 @torch.no_grad()
