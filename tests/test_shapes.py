@@ -79,3 +79,34 @@ def test_data_shapes_writes_pairs_metadata_and_evaluation_prompts(tmp_path):
         a["pairs"] == 12
         and (tmp_path / "again" / "000005.png").read_bytes() == (tmp_path / "s" / "000005.png").read_bytes()
     )
+
+
+def test_eval_geneval_shapes_scores_a_sample_folder_as_the_scorer_does(tmp_path, capsys):
+    """``drorae eval-geneval SAMPLES --shapes``: GenEval's results jsonl and summary for a sample-t2i folder, each
+    image's verdict the scorer's own; the ground-truth image passes, another prompt's image put in its place fails
+    where the scorer says it does; without --shapes the two networks are required (exit 2, naming them)."""
+    from PIL import Image
+
+    samples, expected = tmp_path / "samples", {}
+    pairs = [example for tag in TAGS for example in examples(tag, 3, seed=5)]
+    for i, (objects, _, meta) in enumerate(pairs):
+        folder = samples / f"{i:05d}"
+        (folder / "samples").mkdir(parents=True)
+        (folder / "metadata.jsonl").write_text(json.dumps(meta) + "\n")
+        for k, image in enumerate([draw(objects, 64), draw(pairs[(i + 1) % len(pairs)][0], 64)]):
+            path = folder / "samples" / f"{k:04d}.png"
+            Image.fromarray(image).save(path)
+            expected[str(path)] = score_shapes(image, meta)[0]
+    assert main(["eval-geneval", str(samples), "--shapes"]) == 0
+    lines = [json.loads(line) for line in (samples / "geneval_results.jsonl").read_text().splitlines()]
+    assert {r["filename"]: r["correct"] for r in lines} == expected
+    assert all(r["correct"] for r in lines if r["filename"].endswith("0000.png"))
+    assert not all(expected.values())
+    summary = json.loads((samples / "geneval_summary.json").read_text())
+    per_tag = {t: np.mean([r["correct"] for r in lines if r["tag"] == t]) for t in TAGS}
+    assert summary["categories"] == pytest.approx(per_tag) and summary["overall"] == pytest.approx(
+        np.mean(list(per_tag.values()))
+    )
+    assert summary["images"] == 2 * len(pairs) and json.loads(capsys.readouterr().out)["overall"] == summary["overall"]
+    assert main(["eval-geneval", str(samples), "--clip", str(tmp_path)]) == 2
+    assert "--detector required" in capsys.readouterr().err

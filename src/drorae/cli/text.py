@@ -46,10 +46,18 @@ def _cmd_sample_t2i(args: argparse.Namespace) -> int:
 def _cmd_eval_geneval(args: argparse.Namespace) -> int:
     from ..evaluation.geneval import run_geneval
 
-    summary = run_geneval(
-        args.samples, args.detector, args.clip, out=args.out, metadata=args.metadata, device=args.device,
-        batch_size=args.batch,
-    )  # fmt: skip
+    if args.shapes:
+        from ..evaluation.shapes import run_shapes_eval
+
+        summary = run_shapes_eval(args.samples, out=args.out, metadata=args.metadata)
+    elif not (args.detector and args.clip):
+        missing = [f for f, v in (("--detector", args.detector), ("--clip", args.clip)) if not v]
+        raise ValueError(f"{' and '.join(missing)} required (local transformers directories), or --shapes")
+    else:
+        summary = run_geneval(
+            args.samples, args.detector, args.clip, out=args.out, metadata=args.metadata, device=args.device,
+            batch_size=args.batch,
+        )  # fmt: skip
     print(json.dumps({k: summary[k] for k in ("overall", "categories", "images")}, indent=2))
     return 0
 
@@ -100,8 +108,11 @@ def add_parsers(sub) -> None:
         "masked object, relative position from box centres) and report the six categories and their mean.",
     )
     p.add_argument("samples", help="folder of <index>/samples/<k>.png with <index>/metadata.jsonl")
-    p.add_argument("--detector", required=True, help="local transformers Mask2Former COCO instance directory")
-    p.add_argument("--clip", required=True, help="local transformers CLIP directory (openai/clip-vit-large-patch14)")
+    p.add_argument("--detector", help="local transformers Mask2Former COCO instance directory")
+    p.add_argument("--clip", help="local transformers CLIP directory (openai/clip-vit-large-patch14)")
+    p.add_argument(
+        "--shapes", action="store_true", help="prompts of `drorae data shapes`: the network-free shapes scorer instead"
+    )
     p.add_argument("--metadata", help="GenEval's evaluation_metadata.jsonl (default: each folder's metadata.jsonl)")
     p.add_argument("--out", help="results jsonl (default: SAMPLES/geneval_results.jsonl)")
     p.add_argument("--batch", type=int, default=8, help="images per detector batch")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..data.shapes import TAGS, vocabulary, write_shapes
-from ..evaluation.shapes import score_shapes
+from ..evaluation.shapes import run_shapes_eval, score_shapes
 
 T2I_CONFIG = Path(__file__).parent / "t2i-demo.yaml"
 ROWS = ["rae", "drorae"]
@@ -69,16 +69,6 @@ def _tokenizer(plan: T2IDemoPlan, backbone: Path, shapes: Path, out: Path, phase
     dataset = ImageFolderDataset(shapes, plan.size, random_flip=False)
     Trainer(cfg, phase, out, init=init, dataset=dataset, progress=False).run()
     return out / "model"
-
-
-def _score_folder(folder: Path, metadata: list[dict]) -> list[tuple[str, bool]]:
-    from PIL import Image
-
-    out = []
-    for i, meta in enumerate(metadata):
-        for png in sorted((folder / f"{i:05d}" / "samples").glob("*.png")):
-            out.append((meta["tag"], score_shapes(np.asarray(Image.open(png).convert("RGB")), meta)[0]))
-    return out
 
 
 def _categories(scored: list[tuple[str, bool]]) -> dict[str, float]:
@@ -191,12 +181,14 @@ def score_t2i_demo(out: Path, plan: T2IDemoPlan, seeds: int, losses: dict, secon
     held_meta = [json.loads(line) for line in (held / "metadata.jsonl").read_text().splitlines()]
     ceiling = _ceiling(held, held_meta, tokenizers)
     print("ceiling (scorer on ground truth / reconstructions):", json.dumps(ceiling), flush=True)
-    eval_meta = [json.loads(line) for line in (out / "shapes_evaluation_metadata.jsonl").read_text().splitlines()]
+    eval_meta_path = out / "shapes_evaluation_metadata.jsonl"
     per_seed = []
     for seed in range(seeds):
-        row_scores = {
-            name: _categories(_score_folder(out / f"seed{seed}" / name / "samples-eval", eval_meta)) for name in ROWS
-        }
+        row_scores = {}
+        for name in ROWS:  # `drorae eval-geneval SAMPLES --shapes`: GenEval's results jsonl in each sample folder
+            summary = run_shapes_eval(out / f"seed{seed}" / name / "samples-eval", metadata=eval_meta_path)
+            row_scores[name] = {**{t: summary["categories"][t] for t in TAGS if t in summary["categories"]},
+                                "overall": summary["overall"]}  # fmt: skip
         print(f"seed {seed}: {json.dumps(row_scores)}", flush=True)
         per_seed.append(row_scores)
     seconds = {**seconds, "scoring": time.perf_counter() - t}

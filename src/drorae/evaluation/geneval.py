@@ -252,8 +252,12 @@ def run_geneval(
             colors_of = lambda objs, name, image=image: colors.classify(image, objs, name)
             correct, reason = evaluate(objects, meta, colors_of, rules)
             results.append(result_record(str(path), meta, objects, correct, reason))
-    root = Path(samples_dir)
-    out = Path(out) if out is not None else root / "geneval_results.jsonl"
+    return write_results(results, samples_dir, out)
+
+
+def write_results(results: list[dict], samples_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """GenEval's results jsonl (default ``SAMPLES/geneval_results.jsonl``) and ``geneval_summary.json`` beside it."""
+    out = Path(out) if out is not None else Path(samples_dir) / "geneval_results.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in results))
     summary = {**summarize(results), "results": str(out)}
     (out.parent / "geneval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.shapes import PALETTE, SHAPES, WHITE, ShapeObject, draw
-from .geneval import evaluate, keep_detections
+from .geneval import evaluate, keep_detections, result_record, sample_images, write_results
 
 
 def _templates(h: int, w: int) -> dict[str, np.ndarray]:
@@ -45,7 +45,23 @@ def detect_shapes(image: np.ndarray, max_distance: float = 110.0, min_area: int 
     return {k: (np.array(b, dtype=np.float64), c) for k, (b, c) in found.items()}
 
 
+def _verdict(image: np.ndarray, metadata: dict) -> tuple[dict, bool, str]:
+    objects = keep_detections(detect_shapes(image), metadata["tag"])
+    return objects, *evaluate(objects, metadata, lambda objs, _name: [color for _, color in objs])
+
+
 def score_shapes(image: np.ndarray, metadata: dict) -> tuple[bool, str]:
     """GenEval's verdict on one image of the shapes set."""
-    objects = keep_detections(detect_shapes(image), metadata["tag"])
-    return evaluate(objects, metadata, lambda objs, _name: [color for _, color in objs])
+    return _verdict(image, metadata)[1:]
+
+
+def run_shapes_eval(samples_dir, *, out=None, metadata=None) -> dict:
+    """``drorae eval-geneval SAMPLES --shapes``: GenEval's results jsonl and summary for a ``sample-t2i`` folder of
+    shapes-set prompts, with this network-free scorer in place of Mask2Former and CLIP."""
+    from PIL import Image
+
+    results = []
+    for path, meta in sample_images(samples_dir, metadata):
+        objects, correct, reason = _verdict(np.array(Image.open(path).convert("RGB")), meta)
+        results.append(result_record(str(path), meta, objects, correct, reason))
+    return write_results(results, samples_dir, out)
