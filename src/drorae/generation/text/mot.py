@@ -370,6 +370,14 @@ class MoTGenerator(nn.Module):
             return [(n, p) for n, p in self.named_parameters() if not n.startswith(und)]
         return [(n, p) for n, p in self.named_parameters() if not n.startswith(unreachable)]
 
+    def train_only(self, experts: str) -> list[tuple[str, nn.Parameter]]:
+        """Freeze everything but :meth:`trainable` ``(experts)``; returns those parameters (what the optimiser gets)."""
+        trained = self.trainable(experts)
+        names = {n for n, _ in trained}
+        for n, p in self.named_parameters():
+            p.requires_grad_(n in names)
+        return trained
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -141,10 +141,7 @@ class T2ITrainer(BaseTrainer):
         self.mot = MoTGenerator(mot_cfg)
         self.mot.load_llm_state(load_llm_state_dict(llm_dir))
         self.mot.to(self.device)
-        trained = self.mot.trainable(cfg.text.train_experts)
-        names = {n for n, _ in trained}
-        for n, p in self.mot.named_parameters():
-            p.requires_grad_(n in names)
+        trained = self.mot.train_only(cfg.text.train_experts)
         if cfg.train.compile:
             self.mot.compile()
         self.parallel = self.dist.wrap(self.mot)
