@@ -2,13 +2,22 @@
 
 import json
 
+import numpy as np
+import pytest
+import torch
+
 from drorae.data.shapes import TAGS
 from drorae.demo.t2i import ROWS, T2IDemoPlan, run_t2i_demo
 
 
-def test_quick_t2i_demo_reports_ceiling_scores_and_margins(tmp_path):
-    report = run_t2i_demo(tmp_path, T2IDemoPlan.quick_plan(), seeds=2)
-    out = tmp_path / "t2i"
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i-demo")
+    return run_t2i_demo(root, T2IDemoPlan.quick_plan(), seeds=2), root / "t2i"
+
+
+def test_quick_t2i_demo_reports_ceiling_scores_and_margins(quick_demo):
+    report, out = quick_demo
     assert report["ceiling"]["ground truth"]["overall"] == 1.0  # the scorer is right on its own images
     assert set(report["ceiling"]) == {"ground truth", *ROWS}
     assert set(report["summary"]) == set(ROWS) and set(report["margins"]) == {*TAGS, "overall"}
@@ -17,3 +26,34 @@ def test_quick_t2i_demo_reports_ceiling_scores_and_margins(tmp_path):
         assert (out / f"grid_drorae_seed{seed}.png").is_file()
     assert json.loads((out / "report.json").read_text())["seeds"] == 2
     assert "DRoRAE - RAE (paired)" in (out / "report.md").read_text()
+
+
+def test_renoise_probe_ends_on_the_reconstructions_at_t0_0_and_on_sample_t2i_at_t0_1(quick_demo, tmp_path):
+    from PIL import Image
+
+    from drorae.demo.t2i_probe import renoise_probe
+    from drorae.evaluation.shapes import score_shapes
+    from drorae.generation.sampling import to_uint8
+    from drorae.generation.text.sampling import T2ISampleSettings, run_t2i_sampling
+    from drorae.tokenizer.model import DRoRAE
+
+    out = quick_demo[1]
+    run, tok, held = out / "seed0" / "rae", out / "tokenizers" / "rae" / "model", out / "shapes-heldout"
+    result = renoise_probe(run, tok, held, t0s=(0.0, 0.6, 1.0), num=5, scale=2.0, steps=4, seed=3)
+    meta = [json.loads(line) for line in (held / "metadata.jsonl").read_text().splitlines()][:5]
+    images = np.stack([np.asarray(Image.open(held / f"{i:06d}.png").convert("RGB")) for i in range(5)])
+    model = DRoRAE.from_pretrained(tok).eval()
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        recon = to_uint8(model.decode(model.encode(x))).numpy()
+    assert np.array_equal(result[0.0]["pixels"], recon)  # no noise, no step: the tokenizer's reconstruction
+    assert result[0.0]["accuracy"] == np.mean([score_shapes(p, m)[0] for p, m in zip(recon, meta)])
+    assert result[0.0]["latent_mse"] == 0.0
+    # from pure noise: exactly what sample-t2i draws for these captions (image p of per-prompt 1 is sample p)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in meta))
+    s = T2ISampleSettings(scale=2.0, steps=4, seed=3, precision="fp32")
+    run_t2i_sampling(run, tok, prompts, tmp_path / "s", per_prompt=1, settings=s, device="cpu", progress=False)
+    drawn = np.stack([np.asarray(Image.open(tmp_path / "s" / f"{p:05d}" / "samples" / "0000.png")) for p in range(5)])
+    assert np.array_equal(result[1.0]["pixels"], drawn)
+    assert not np.array_equal(result[0.6]["pixels"], drawn)
