@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from drorae.data.captions import CaptionPairs, CaptionTokenizer, read_prompts
 from drorae.data.shards import write_shards
 from drorae.engine import checkpoint as ckpt
+from drorae.generation.latents import cache_latents
 from drorae.generation.text.sampling import T2ISampleSettings, run_t2i_sampling
 from drorae.generation.text.tiny_llm import make_tiny_llm
 from drorae.generation.text.trainer import T2ITrainer, load_t2i_config
@@ -52,8 +53,9 @@ def pairs(tmp_path_factory):
     return write_pairs(tmp_path_factory.mktemp("pairs") / "pairs")
 
 
-def train(out, tok, llm, data, *overrides):
-    trainer = T2ITrainer(load_t2i_config(CONFIG, [*FAST, *overrides]), tok, llm, data, out, progress=False)
+def train(out, tok, llm, data, *overrides, latents=None):
+    cfg = load_t2i_config(CONFIG, [*FAST, *overrides])
+    trainer = T2ITrainer(cfg, tok, llm, data, out, latents=latents, progress=False)
     try:
         result = trainer.run()
     finally:
@@ -104,6 +106,52 @@ def test_a_corrupt_pair_is_skipped_and_counted_and_an_uncaptioned_image_left_out
     result = train(tmp_path / "run", tokenizer_dir, llm_dir, data, "train.max_steps=3")
     assert result.skipped_files == 2
     assert CaptionPairs(data, 32, CaptionTokenizer(llm_dir, 8)).unpaired == 1
+
+
+def test_training_from_a_caption_cache_equals_encoding_every_step(pairs, llm_dir, tokenizer_dir, tmp_path):
+    meta = cache_latents(tokenizer_dir, pairs, tmp_path / "cache", captions=True, flip=True, batch_size=5,
+                         num_workers=0, device="cpu", progress=False)  # fmt: skip
+    assert meta["captions"] and meta["num_latents"] == meta["num_images"] == 12
+    a = train(tmp_path / "a", tokenizer_dir, llm_dir, pairs, "data.random_flip=true")
+    b = train(tmp_path / "b", tokenizer_dir, llm_dir, pairs, "data.random_flip=true", latents=tmp_path / "cache")
+    assert a.history[-1]["loss"] == pytest.approx(b.history[-1]["loss"], rel=1e-5)
+    assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"), atol=1e-5)
+
+
+def test_a_caption_cache_keeps_each_latent_with_its_own_caption_after_a_skip(llm_dir, tokenizer_dir, tmp_path):
+    from drorae.generation.latents import stats_fingerprint
+    from drorae.generation.text.trainer import cached_caption_pairs
+    from drorae.tokenizer.model import DRoRAE
+
+    data = write_pairs(tmp_path / "data")
+    (data / "p03.png").write_bytes(b"not a png")
+    meta = cache_latents(tokenizer_dir, data, tmp_path / "cache", captions=True, num_workers=0, device="cpu",
+                         progress=False)  # fmt: skip
+    assert (meta["num_latents"], meta["skipped_files"]) == (11, 1)
+    tok = DRoRAE.from_pretrained(tokenizer_dir).eval()
+    pairs = CaptionPairs(data, 32, CaptionTokenizer(llm_dir, 8))
+    cached = cached_caption_pairs(tmp_path / "cache", pairs, stats_fingerprint(tok), False, 0)
+    assert len(cached) == 11
+    for row in (2, 3, 10):  # row 3 and after come from pair row + 1
+        pair = pairs[row + (row >= 3)]
+        with torch.no_grad():
+            expected = tok.encode(pair["image"][None])[0]
+        torch.testing.assert_close(cached[row]["latent"], expected, rtol=0, atol=1e-5)
+        assert torch.equal(cached[row]["text_ids"], pair["text_ids"])
+    # a cache of something else is refused by name
+    with pytest.raises(ValueError, match="no mirrored latents"):
+        cached_caption_pairs(tmp_path / "cache", pairs, stats_fingerprint(tok), True, 0)
+    with pytest.raises(ValueError, match="fingerprint"):
+        cached_caption_pairs(tmp_path / "cache", pairs, "another tokenizer", False, 0)
+    with pytest.raises(ValueError, match="holds 13"):
+        write_pairs(data, n=13)
+        cached_caption_pairs(tmp_path / "cache", CaptionPairs(data, 32, pairs.tokenizer), stats_fingerprint(tok), 0, 0)
+    classes = tmp_path / "classes" / "a"
+    classes.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(classes / "x.png")
+    cache_latents(tokenizer_dir, tmp_path / "classes", tmp_path / "cls", num_workers=0, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="cache-latents --captions"):
+        cached_caption_pairs(tmp_path / "cls", pairs, stats_fingerprint(tok), False, 0)
 
 
 def test_gradient_accumulation_of_two_equals_one_doubled_batch(pairs, llm_dir, tokenizer_dir, tmp_path):

@@ -37,6 +37,7 @@ def _cmd_cache_latents(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         flip=args.flip,
+        captions=args.captions,
         shard_size=args.shard_size,
         batch_size=args.batch,
         dtype=args.dtype,
@@ -45,7 +46,8 @@ def _cmd_cache_latents(args: argparse.Namespace) -> int:
     )
     if meta is not None:
         print(
-            f"cached {meta['num_latents']} latents {meta['latent_shape']} of {len(meta['classes'])} classes in "
+            f"cached {meta['num_latents']} latents {meta['latent_shape']} of "
+            f"{'a caption set' if meta['captions'] else str(len(meta['classes'])) + ' classes'} in "
             f"{len(meta['shard_rows'])} shards under {args.out}; {meta['skipped_files']} unreadable files skipped"
         )
     return 0
@@ -142,12 +144,16 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser(
         "cache-latents",
-        help="encode a class-folder image set once into sharded safetensors latents (resumable, torchrun)",
+        help="encode a class-folder (or caption) image set once into sharded safetensors latents (resumable, torchrun)",
     )
     p.add_argument("--model", required=True, help="DRoRAE directory (with its latent statistics)")
-    p.add_argument("--data", required=True, help="image folder with class sub-folders")
+    p.add_argument("--data", required=True, help="image folder with class sub-folders (or, with --captions, pairs)")
     p.add_argument("--out", required=True, help="cache directory (shards + meta.json)")
     p.add_argument("--flip", action="store_true", help="also store the latents of the mirror images")
+    p.add_argument(
+        "--captions", action="store_true", help="--data is a caption set (name.jpg + name.txt, or caption shards), "
+        "for train-t2i --latents"
+    )  # fmt: skip
     p.add_argument("--shard-size", type=int, default=4096, help="images per shard (default 4096)")
     p.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="stored dtype")

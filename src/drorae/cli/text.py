@@ -13,7 +13,7 @@ def _cmd_train_t2i(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_t2i_config(args.config, args.overrides)
-    trainer = T2ITrainer(cfg, args.tokenizer, args.llm, args.data, args.out, resume=args.resume)
+    trainer = T2ITrainer(cfg, args.tokenizer, args.llm, args.data, args.out, latents=args.latents, resume=args.resume)
     try:
         trainer.run(max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
     finally:
@@ -73,6 +73,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="DRoRAE directory whose latent space the generator models")
     p.add_argument("--llm", required=True, help="local transformers Qwen2 directory (weights + tokenizer)")
     p.add_argument("--data", required=True, help="caption pairs: a folder or tar shards (key.jpg, key.txt)")
+    p.add_argument(
+        "--latents", help="a `cache-latents --captions` folder of --data through --tokenizer (no backbone pass)"
+    )
     p.add_argument("--config", required=True, help="YAML config (configs/t2i/*.yaml)")
     p.add_argument("--out", required=True, help="run directory: checkpoints/, tensorboard/, samples/, model/")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")

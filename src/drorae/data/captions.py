@@ -160,13 +160,36 @@ class CaptionPairs(EpochSeededDataset):
         return {"image": x, "text_ids": ids, "index": index}
 
 
+class CaptionedImages(EpochSeededDataset):
+    """The images of a caption set alone, in :class:`CaptionPairs`' order (item ``i`` is pair ``i``'s image), for
+    ``drorae cache-latents --captions``: items ``{"image", "label": 0, "index"}``, or a skip as everywhere."""
+
+    def __init__(self, root: str | os.PathLike, image_size: int):
+        super().__init__()
+        self.root, self.image_size, self.classes = root, image_size, []
+        self.images, _, self.unpaired = index_caption_pairs(root)
+        if not self.images:
+            raise ValueError(f"{root}: no image has a caption (name.txt beside name.jpg, or key.txt in a shard)")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from ..evaluation.reconstruction import adm_item
+
+        item = adm_item(self.images[index], index, self.image_size)
+        if item["image"] is None:
+            return item
+        return {"image": item["image"].float() / 255.0, "label": 0, "index": index}
+
+
 def collate_captions(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Stack the readable samples (``image`` -> ``images``; ``noise``, ``u``, ``drop`` ...), their captions
+    """Stack the readable samples (``image`` -> ``images``; ``latent``, ``noise``, ``u``, ``drop`` ...), their captions
     right-padded with ``pad_id`` into ``text_ids`` [B, T] and ``text_lengths`` [B]; the skipped names and
     ``num_samples`` for the skip accounting and the sampler."""
-    good = [s for s in batch if s.get("image") is not None]
+    good = [s for s in batch if "skipped" not in s]  # items hold an "image", or a cached "latent"
     out: dict[str, Any] = {
-        "skipped": [str(s["skipped"]) for s in batch if s.get("image") is None],
+        "skipped": [str(s["skipped"]) for s in batch if "skipped" in s],
         "num_samples": len(batch),
         "indices": torch.tensor([int(s["index"]) for s in good], dtype=torch.long),
     }

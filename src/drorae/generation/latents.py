@@ -327,6 +327,7 @@ def cache_latents(
     out_dir: str | Path,
     *,
     flip: bool = False,
+    captions: bool = False,
     shard_size: int = 4096,
     batch_size: int = 64,
     dtype: str = "float32",
@@ -336,7 +337,9 @@ def cache_latents(
 ) -> dict[str, Any] | None:
     """``drorae cache-latents``: the tokenizer's ``encode`` (normalised, as training sees it) of every image,
     with its label, in shards of ``shard_size`` images; ``flip`` also stores the latent of the mirror image
-    (``latents_flipped``), which training then picks with probability 1/2. Returns ``meta.json`` on rank 0."""
+    (``latents_flipped``), which training then picks with probability 1/2. ``captions``: ``data_dir`` is a caption
+    set (a folder of ``name.jpg`` + ``name.txt`` or caption shards) and row ``indices`` are its pair indices, for
+    ``train-t2i --latents`` (which reads the captions from the same set). Returns ``meta.json`` on rank 0."""
     from ..engine.distributed import setup_distributed
     from ..tokenizer.model import DRoRAE
 
@@ -345,7 +348,13 @@ def cache_latents(
     dist = setup_distributed(device)
     out = Path(out_dir)
     tokenizer = DRoRAE.from_pretrained(model_dir, map_location=dist.device).eval()
-    dataset = LabeledImageFolder(data_dir, tokenizer.decoder.config.image_size)
+    size = tokenizer.decoder.config.image_size
+    if captions:
+        from ..data.captions import CaptionedImages
+
+        dataset = CaptionedImages(data_dir, size)
+    else:
+        dataset = LabeledImageFolder(data_dir, size)
     num_shards = math.ceil(len(dataset) / shard_size)
     out.mkdir(parents=True, exist_ok=True)
     pending = [k for k in range(dist.rank, num_shards, dist.world_size) if not _shard_file(out, k).is_file()]
@@ -392,6 +401,8 @@ def cache_latents(
             "fusion_enabled": tokenizer.fusion_enabled,
             "latent_norm": tokenizer.config.latent_norm,
             "data": str(data_dir),
+            "captions": captions,
+            "num_images": len(dataset),  # the pairs of a caption set: what train-t2i checks its --data against
         }
         (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     dist.barrier()
@@ -430,6 +441,11 @@ class LatentDataset(EpochSeededDataset):
 
     def __len__(self) -> int:
         return self.offsets[-1]
+
+    def source_index(self, index: int) -> int:
+        """The index in the cached image set of row ``index`` (they differ after skipped images)."""
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return int(self._handle(k).get_slice("indices")[index - self.offsets[k] : index - self.offsets[k] + 1][0])
 
     def _handle(self, k: int):
         from safetensors import safe_open

@@ -129,6 +129,8 @@ class DiTTrainer(BaseTrainer):
         seed = cfg.train.seed
         if latents_dir is not None:
             base = LatentDataset(latents_dir, random_flip=cfg.data.random_flip, seed=seed)
+            if base.meta.get("captions"):
+                raise ValueError(f"{latents_dir} caches a caption set (for train-t2i); train-dit needs class folders")
             if base.meta["fingerprint"] != self.fingerprint:
                 raise ValueError(
                     f"{latents_dir} was cached from latents with fingerprint {base.meta['fingerprint']} "

@@ -2,8 +2,10 @@
 
 The loop, DDP, EMA, exact resume, gradient accumulation, non-finite stops, TensorBoard and the progress bar are
 :class:`~drorae.engine.BaseTrainer`'s. Latents are encoded on the fly by the frozen tokenizer (one backbone pass
-per image). Every sample's noise, time and caption dropout come from ``(seed, epoch, index)``, so accumulation of
-2 x B equals one batch of 2B and two ranks equal one with the doubled batch.
+per image), or read from a ``drorae cache-latents --captions`` folder of the same caption set (``--latents``: no
+backbone pass at all; the captions still come from ``--data``). Every sample's noise, time and caption dropout
+come from ``(seed, epoch, index)``, so accumulation of 2 x B equals one batch of 2B and two ranks equal one with
+the doubled batch.
 
 Loss: flow matching in drorae's convention, ``|v_theta(x_t, t, caption) - (eps - x)|^2`` averaged over latent
 channels and tokens (Bagel's MSE), times ``t`` logit-normal and shifted by the latent's dimension (as ``train-dit``).
@@ -20,11 +22,12 @@ import torch
 from torch import Tensor
 
 from ...data.captions import CaptionPairs, CaptionTokenizer, collate_captions
+from ...data.folders import EpochSeededDataset
 from ...engine import BaseTrainer, StepOutput
 from ...engine.config import DataConfig, LoopConfig, OptimConfig, check, load_yaml_config, validate_run
 from ...engine.logger import RunLogger
 from ..flow import TIME_DISTRIBUTIONS, dimension_shift, interpolate, time_from_uniform
-from ..latents import FlowMatchingSamples
+from ..latents import FlowMatchingSamples, LatentDataset
 from .mot import MoTConfig, MoTGenerator, llm_config_from_dir, load_llm_state_dict
 
 
@@ -96,9 +99,58 @@ def t2i_flow_loss(model, x: Tensor, noise: Tensor, t: Tensor, text_ids: Tensor, 
     return (model(x_t, t, text_ids, lengths).float() - target.float()).pow(2).mean()
 
 
+class CachedCaptionPairs(EpochSeededDataset):
+    """A caption cache's latents with their captions: items ``{"latent", "text_ids", "index"}``; row ``i``'s caption
+    is that of the pair it was encoded from (:meth:`LatentDataset.source_index`)."""
+
+    def __init__(self, latents: LatentDataset, pairs: CaptionPairs):
+        super().__init__()
+        self.latents, self.pairs = latents, pairs
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.latents.set_epoch(epoch)  # its flip draws
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.latents.source_index(index)
+        caption = self.pairs.caption(pair)
+        if caption is None:
+            return {"image": None, "index": index, "skipped": f"{self.pairs.captions[pair]} (caption is not UTF-8)"}
+        ids = torch.tensor(self.pairs.tokenizer.encode(caption), dtype=torch.long)
+        return {"latent": self.latents[index]["latent"], "text_ids": ids, "index": index}
+
+
+def cached_caption_pairs(latents_dir: str | Path, pairs: CaptionPairs, fingerprint: str, flip: bool, seed: int):
+    """``--latents``'s dataset, refused by name when the cache is not of ``pairs`` through this tokenizer."""
+    cache = LatentDataset(latents_dir, random_flip=flip, seed=seed)
+    meta = cache.meta
+    if not meta.get("captions"):
+        raise ValueError(f"{latents_dir} caches class folders: run `drorae cache-latents --captions` on {pairs.root}")
+    if meta["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{latents_dir} was cached from latents with fingerprint {meta['fingerprint']} ({meta['tokenizer']}), "
+            f"but --tokenizer gives {fingerprint} (another tokenizer, latent statistics or fusion switch)"
+        )
+    if flip and not meta["flip"]:
+        raise ValueError(
+            f"data.random_flip is on but {latents_dir} holds no mirrored latents: cache with --flip, or set "
+            "data.random_flip=false"
+        )
+    if meta["num_images"] != len(pairs):
+        raise ValueError(
+            f"{latents_dir} caches {meta['num_images']} pairs of {meta['data']}, but --data {pairs.root} holds "
+            f"{len(pairs)}: cache the same caption set"
+        )
+    return CachedCaptionPairs(cache, pairs)
+
+
 class T2ITrainer(BaseTrainer):
     """One ``train-t2i`` run: ``tokenizer_dir`` (a drorae tokenizer), ``llm_dir`` (a local Qwen2 checkpoint with its
-    tokenizer), ``data`` (a folder of image + caption pairs, or caption shards)."""
+    tokenizer), ``data`` (a folder of image + caption pairs, or caption shards), ``latents`` (optional: a
+    ``cache-latents --captions`` folder of ``data`` through this tokenizer)."""
 
     def __init__(
         self,
@@ -108,6 +160,7 @@ class T2ITrainer(BaseTrainer):
         data: str | Path,
         out_dir: str | Path,
         *,
+        latents: str | Path | None = None,
         resume: bool = False,
         progress: bool | None = None,
     ):
@@ -149,6 +202,8 @@ class T2ITrainer(BaseTrainer):
             data, self.tokenizer.decoder.config.image_size, self.text, cfg.data.random_flip, cfg.train.seed
         )
         self.unpaired = base.unpaired
+        if latents is not None:
+            base = cached_caption_pairs(latents, base, self.fingerprint, cfg.data.random_flip, cfg.train.seed)
         self.collate_fn = partial(collate_captions, pad_id=self.text.ids["pad"])
         # every pair's noise, time and caption dropout from (seed, epoch, index), as train-dit's labels
         self.setup(trained, FlowMatchingSamples(base, self.latent_shape, cfg.flow.text_dropout, cfg.train.seed))
@@ -165,8 +220,11 @@ class T2ITrainer(BaseTrainer):
         total = torch.zeros((), device=self.device)
         weights = self.micro_batch_weights(micro_batches)
         for i, batch in enumerate(micro_batches):
-            with torch.no_grad(), self.autocast():
-                x = self.tokenizer.encode(batch["images"].to(self.device, non_blocking=True)).float()
+            if "latent" in batch:
+                x = batch["latent"].to(self.device, non_blocking=True).float()
+            else:
+                with torch.no_grad(), self.autocast():
+                    x = self.tokenizer.encode(batch["images"].to(self.device, non_blocking=True)).float()
             noise = batch["noise"].to(self.device, non_blocking=True)
             t = time_from_uniform(batch["u"].to(self.device).double(), self.config.flow.time_distribution, self.shift)
             t = t.float()
