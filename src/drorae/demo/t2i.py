@@ -117,6 +117,7 @@ def _grid(folder: Path, metadata: list[dict], out: Path) -> None:
 def run_t2i_demo(
     out_dir: str | Path = "demo-out", plan: T2IDemoPlan | None = None, seeds: int = 3, cache_dir=None, progress=False
 ) -> dict[str, Any]:
+    from ..generation.latents import cache_latents
     from ..generation.text.sampling import T2ISampleSettings, run_t2i_sampling
     from ..generation.text.tiny_llm import make_tiny_llm
     from ..generation.text.trainer import T2ITrainer, load_t2i_config
@@ -138,6 +139,9 @@ def run_t2i_demo(
     rae = _tokenizer(plan, backbone, shapes, out / "tokenizers" / "rae", 1, None)
     drorae = _tokenizer(plan, backbone, shapes, out / "tokenizers" / "drorae", 2, out / "tokenizers" / "rae")
     tokenizers = {"rae": rae, "drorae": drorae}
+    caches = {name: out / "latents" / name for name in tokenizers}
+    for name, tok in tokenizers.items():  # each pair's latent encoded once: the MoTs' steps run no backbone
+        cache_latents(tok, shapes, caches[name], captions=True, num_workers=0, device="cpu", progress=False)
     seconds["tokenizers"] = time.perf_counter() - t
     llm = make_tiny_llm(
         out / "tiny-qwen2",
@@ -157,7 +161,8 @@ def run_t2i_demo(
             ]  # fmt: skip
             if plan.quick:
                 overrides += ["optim.warmup_steps=1", "optim.decay_steps=1"]
-            trainer = T2ITrainer(load_t2i_config(T2I_CONFIG, overrides), tok, llm, shapes, run, progress=progress)
+            cfg = load_t2i_config(T2I_CONFIG, overrides)
+            trainer = T2ITrainer(cfg, tok, llm, shapes, run, latents=caches[name], progress=progress)
             try:
                 result = trainer.run()
             finally:
