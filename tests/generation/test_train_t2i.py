@@ -109,12 +109,18 @@ def test_a_corrupt_pair_is_skipped_and_counted_and_an_uncaptioned_image_left_out
 
 
 def test_training_from_a_caption_cache_equals_encoding_every_step(pairs, llm_dir, tokenizer_dir, tmp_path):
-    meta = cache_latents(tokenizer_dir, pairs, tmp_path / "cache", captions=True, flip=True, batch_size=5,
-                         num_workers=0, device="cpu", progress=False)  # fmt: skip
+    from drorae.cli import main
+
+    cache = tmp_path / "cache"  # through the CLI: cache-latents --captions, then train-t2i --latents
+    assert main(["cache-latents", "--model", str(tokenizer_dir), "--data", str(pairs), "--captions", "--flip",
+                 "--batch", "5", "--num-workers", "0", "--device", "cpu", "--out", str(cache)]) == 0  # fmt: skip
+    meta = json.loads((cache / "meta.json").read_text())
     assert meta["captions"] and meta["num_latents"] == meta["num_images"] == 12
-    a = train(tmp_path / "a", tokenizer_dir, llm_dir, pairs, "data.random_flip=true")
-    b = train(tmp_path / "b", tokenizer_dir, llm_dir, pairs, "data.random_flip=true", latents=tmp_path / "cache")
-    assert a.history[-1]["loss"] == pytest.approx(b.history[-1]["loss"], rel=1e-5)
+    train(tmp_path / "a", tokenizer_dir, llm_dir, pairs, "data.random_flip=true")
+    assert (
+        main(cli(tmp_path / "b", tokenizer_dir, llm_dir, pairs, "data.random_flip=true", "--latents", str(cache))[2:])
+        == 0
+    )
     assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"), atol=1e-5)
 
 
