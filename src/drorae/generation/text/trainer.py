@@ -202,6 +202,7 @@ class T2ITrainer(BaseTrainer):
             data, self.tokenizer.decoder.config.image_size, self.text, cfg.data.random_flip, cfg.train.seed
         )
         self.unpaired = base.unpaired
+        self.latents_dir = latents
         if latents is not None:
             base = cached_caption_pairs(latents, base, self.fingerprint, cfg.data.random_flip, cfg.train.seed)
         self.collate_fn = partial(collate_captions, pad_id=self.text.ids["pad"])
@@ -276,7 +277,8 @@ class T2ITrainer(BaseTrainer):
         print(
             f"train-t2i: MoT on Qwen2 {m.hidden_size}x{len(m.und)} ({m.parameter_count():,} parameters, {trained:,} "
             f"trained: {self.config.text.train_experts}); latent {list(self.latent_shape)}; "
-            f"{len(self.dataset)} caption pairs ({self.unpaired} images without a caption left out); "
+            f"{len(self.dataset)} caption pairs ({self.unpaired} images without a caption left out; latents "
+            f"{'from ' + str(self.latents_dir) if self.latents_dir else 'encoded every step'}); "
             f"shift {self.shift:.3f}; "
             f"precision={'bf16' if self.bf16 else 'fp32'}; world_size={self.world}",
             flush=True,
