@@ -144,20 +144,27 @@ class CaptionPairs(EpochSeededDataset):
         raw = src.read() if isinstance(src, TarMember) else Path(src).read_bytes()
         return _decode_caption(raw)
 
+    def text_item(self, pair: int, index: int) -> dict[str, Any]:
+        """``{"text_ids"}`` of pair ``pair``'s tokenized caption, or the skip of item ``index`` when the caption is
+        not UTF-8 (also what a latent cache's rows use: their index may differ from the pair's)."""
+        caption = self.caption(pair)
+        if caption is None:
+            return {"image": None, "index": index, "skipped": f"{self.captions[pair]} (caption is not UTF-8)"}
+        return {"text_ids": torch.tensor(self.tokenizer.encode(caption), dtype=torch.long)}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         from ..evaluation.reconstruction import adm_item
 
-        caption = self.caption(index)
-        if caption is None:
-            return {"image": None, "index": index, "skipped": f"{self.captions[index]} (caption is not UTF-8)"}
+        text = self.text_item(index, index)
+        if "skipped" in text:
+            return text
         item = adm_item(self.images[index], index, self.image_size)
         if item["image"] is None:
             return item
         x = item["image"].float() / 255.0
         if self.random_flip and torch.rand((), generator=sample_generator(self.seed, self.epoch, index)) < 0.5:
             x = x.flip(-1)
-        ids = torch.tensor(self.tokenizer.encode(caption), dtype=torch.long)
-        return {"image": x, "text_ids": ids, "index": index}
+        return {"image": x, **text, "index": index}
 
 
 class CaptionedImages(EpochSeededDataset):

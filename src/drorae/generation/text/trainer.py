@@ -115,12 +115,10 @@ class CachedCaptionPairs(EpochSeededDataset):
         return len(self.latents)
 
     def __getitem__(self, index: int) -> dict:
-        pair = self.latents.source_index(index)
-        caption = self.pairs.caption(pair)
-        if caption is None:
-            return {"image": None, "index": index, "skipped": f"{self.pairs.captions[pair]} (caption is not UTF-8)"}
-        ids = torch.tensor(self.pairs.tokenizer.encode(caption), dtype=torch.long)
-        return {"latent": self.latents[index]["latent"], "text_ids": ids, "index": index}
+        text = self.pairs.text_item(self.latents.source_index(index), index)
+        if "skipped" in text:
+            return text
+        return {"latent": self.latents[index]["latent"], **text, "index": index}
 
 
 def cached_caption_pairs(latents_dir: str | Path, pairs: CaptionPairs, fingerprint: str, flip: bool, seed: int):
