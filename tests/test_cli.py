@@ -10,6 +10,7 @@ from drorae.cli import build_parser, main
 COMMANDS = [
     "import-rae",
     "import-rae-dit",
+    "import-bagel",
     "export-rae",
     "info",
     "reconstruct",

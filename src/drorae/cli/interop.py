@@ -1,4 +1,5 @@
-"""Commands that read or write other projects' formats: RAE tokenizer files, diffusers, RAE stage-2 checkpoints."""
+"""Commands that read or write other projects' formats: RAE tokenizer files, diffusers, RAE stage-2 checkpoints,
+Bagel's MoT."""
 
 from __future__ import annotations
 
@@ -63,6 +64,23 @@ def _cmd_export_rae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_bagel(args: argparse.Namespace) -> int:
+    from ..interop import import_bagel, save_bagel_mot
+
+    model = import_bagel(
+        args.src, weights=args.weights, latent_patch_size=args.latent_patch_size, latent_size=args.latent_size
+    )
+    save_bagel_mot(model, args.src, args.dst, shift=args.shift, max_text_tokens=args.max_text_tokens)
+    c = model.config
+    dropped = ", ".join(f"{k} ({n} tensors)" for k, n in model.imported_from["dropped"].items()) or "nothing"
+    print(
+        f"imported {args.src}/{args.weights} -> {args.dst}: MoT {c.llm['hidden_size']}x{c.llm['num_hidden_layers']}, "
+        f"{model.parameter_count():,} parameters, latent [{c.latent_channels}, {c.latent_size}, {c.latent_size}] "
+        f"patch {c.latent_patch_size}; dropped (understanding only): {dropped}"
+    )
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "import-rae",
@@ -97,6 +115,22 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokenizer", help="or: the drorae tokenizer directory whose latents the DiT generates")
     p.add_argument("--shift", type=float, help="time shift (default sqrt(C*h*w/4096), RAE's)")
     p.set_defaults(func=_cmd_import_rae_dit)
+
+    p = sub.add_parser(
+        "import-bagel",
+        help="convert a Bagel MoT model directory (llm_config.json, ema.safetensors) into a drorae MoT dir",
+        description="Read Bagel's generation path (both experts, time/position embeddings, vae2llm/llm2vae) and "
+        "write a MoT directory computing the same velocity; the understanding-only weights (lm_head, ViT, "
+        "connector) are dropped and counted.",
+    )
+    p.add_argument("src", help="Bagel model directory: llm_config.json, the weights file, its Qwen2 tokenizer")
+    p.add_argument("dst", help="output MoT directory")
+    p.add_argument("--weights", default="ema.safetensors", help="weights file in src (default ema.safetensors)")
+    p.add_argument("--latent-patch-size", type=int, default=2, help="latent patch (default 2, Bagel's released)")
+    p.add_argument("--latent-size", type=int, help="latent side to generate at (default: the position table's)")
+    p.add_argument("--shift", type=float, default=3.0, help="sampling time shift (default 3.0, Bagel's inference)")
+    p.add_argument("--max-text-tokens", type=int, default=128, help="caption length cap (default 128)")
+    p.set_defaults(func=_cmd_import_bagel)
 
     p = sub.add_parser("export-rae", help="write a DRoRAE dir (fusion off) as a diffusers AutoencoderRAE dir")
     p.add_argument("model", help="DRoRAE directory")

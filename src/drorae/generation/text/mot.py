@@ -414,8 +414,13 @@ class MoTGenerator(nn.Module):
 
 def llm_config_from_dir(llm_dir: str | Path) -> dict:
     """The Qwen2 shapes of a local ``transformers`` checkpoint; another architecture is an error naming it."""
-    path = Path(llm_dir)
-    data = read_json(path / "config.json", "an LLM's config.json")
+    return llm_config_from_file(Path(llm_dir) / "config.json")
+
+
+def llm_config_from_file(path: str | Path) -> dict:
+    """The Qwen2 shapes in a ``transformers`` config file (``config.json``, or Bagel's ``llm_config.json``)."""
+    path = Path(path)
+    data = read_json(path, "an LLM's config")
     if data.get("model_type") != "qwen2":
         raise ValueError(
             f"{path}: model_type {data.get('model_type')!r}; the MoT is built on Qwen2 (model_type 'qwen2')"
@@ -425,7 +430,7 @@ def llm_config_from_dir(llm_dir: str | Path) -> dict:
     out["rope_theta"] = float(data.get("rope_theta", rope.get("rope_theta", 10000.0)))
     missing = [k for k in LLM_FIELDS if k not in out]
     if missing:
-        raise ValueError(f"{path}/config.json lacks {missing}")
+        raise ValueError(f"{path} lacks {missing}")
     return out
 
 
