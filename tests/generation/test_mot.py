@@ -121,6 +121,22 @@ def test_flow_loss_of_the_exact_velocity_is_the_analytic_minimum():
     assert shifted > loss + 0.08  # any other velocity is worse by its squared error (0.09)
 
 
+def test_initialisation_is_bagels():
+    """Bagel's own modules (time embedder, vae2llm) keep PyTorch's default Linear init, U(+-1/sqrt(fan_in)) for
+    weight and bias (Bagel.__init__ re-initialises only llm2vae, to zero); the experts and embeddings are Qwen2's
+    N(0, 0.02), biases 0."""
+    model = MoTGenerator(MoTConfig(preset="tiny", latent_channels=128, latent_size=8, token_ids=IDS))
+    for layer in [model.latent_in, model.time_embed.mlp[0], model.time_embed.mlp[2]]:
+        bound = layer.weight.shape[1] ** -0.5
+        for p in (layer.weight, layer.bias):
+            assert p.abs().max() <= bound and p.abs().max() > 0.9 * bound  # uniform up to the bound
+        assert abs(layer.weight.std().item() - bound / 3**0.5) < 0.1 * bound  # a uniform's std, not 0.02
+    assert not model.latent_out.weight.any() and not model.latent_out.bias.any()
+    q = model.gen[0].self_attn.q_proj
+    assert abs(q.weight.std().item() - 0.02) < 0.002 and not q.bias.any()
+    assert abs(model.embed_tokens.weight.std().item() - 0.02) < 0.002
+
+
 def test_save_and_load_give_the_same_velocity(tmp_path):
     model = build()
     ids, lengths = captions()

@@ -188,14 +188,17 @@ class MoTGenerator(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        std = 0.02  # Qwen2's initializer_range, for a model built without an LLM checkpoint
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
+        std = 0.02  # Qwen2's initializer_range, for the experts of a model built without an LLM checkpoint
+        for module in [self.embed_tokens, *self.und, *self.gen]:
+            for sub in module.modules():
+                if isinstance(sub, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(sub.weight, std=std)
+                    if getattr(sub, "bias", None) is not None:
+                        nn.init.zeros_(sub.bias)
+        # Bagel's own modules keep PyTorch's default init (Bagel.__init__ re-initialises only llm2vae, to zero)
+        for sub in [self.latent_in, *self.time_embed.mlp]:
+            if isinstance(sub, nn.Linear):
+                sub.reset_parameters()
         nn.init.zeros_(self.latent_out.weight)
         nn.init.zeros_(self.latent_out.bias)
 
