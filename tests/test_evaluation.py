@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from drorae import BackboneConfig, DecoderConfig, DRoRAE, DRoRAEConfig, FusionConfig
-from drorae.evaluation.reconstruction import adm_center_crop, evaluate
+from drorae.data.adm import adm_center_crop
+from drorae.evaluation.reconstruction import evaluate
 
 from .training.conftest import REPO, write_images
 

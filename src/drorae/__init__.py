@@ -4,14 +4,13 @@ A frozen pretrained ViT, a depth-routed fusion of all its layers (paper eqs. 2-5
 RAE-compatible ViT decoder; plus training, evaluation and the offline demo.
 """
 
-__version__ = "0.5.0"
-
-from .configuration import ConfigError  # noqa: E402
-from .interop import export_rae, import_rae  # noqa: E402
-from .tokenizer.backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, load_backbone  # noqa: E402
-from .tokenizer.decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder  # noqa: E402
-from .tokenizer.fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, FusionOutput  # noqa: E402
-from .tokenizer.model import DRoRAE, DRoRAEConfig, DRoRAEOutput  # noqa: E402
+from ._version import __version__ as __version__
+from .configuration import ConfigError
+from .interop import export_rae, import_rae
+from .tokenizer.backbones import BackboneConfig, BackboneOutput, FrozenBackbone, build_backbone, load_backbone
+from .tokenizer.decoder import DECODER_PRESETS, DecoderConfig, RAEDecoder
+from .tokenizer.fusion import FUSION_PRESETS, DepthRoutedFusion, FusionConfig, FusionOutput
+from .tokenizer.model import DRoRAE, DRoRAEConfig, DRoRAEOutput
 
 __all__ = [
     "ConfigError",

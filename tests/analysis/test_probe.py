@@ -1,4 +1,4 @@
-"""Tests for drorae.tokenizer.analysis: patch order, ridge maths, layer probe sanity cases, plots."""
+"""Tests for drorae.studies.analysis: patch order, ridge maths, layer probe sanity cases, plots."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drorae.tokenizer.analysis import (
+from drorae.studies.analysis import (
     RidgeAccumulator,
     fit_ridge,
     layer_probe,

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from drorae.tokenizer.analysis import fused_vs_base, pca_rgb, radial_power_spectrum, spectral_mad
-from drorae.tokenizer.analysis.spectra import luma
+from drorae.studies.analysis import fused_vs_base, pca_rgb, radial_power_spectrum, spectral_mad
+from drorae.studies.analysis.spectra import luma
 
 
 def test_mad_of_identical_images_is_zero_and_grows_with_detail_loss():
@@ -90,7 +90,7 @@ def test_analyze_command_writes_every_number_and_figure(tmp_path, dinov2_reg_dir
     for name in report["figures"].values():
         assert (tmp_path / "a" / name).read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="has no fusion module"):
-        from drorae.tokenizer.analysis import analyze
+        from drorae.studies.analysis import analyze
 
         model = DRoRAE.from_pretrained(tmp_path / "m")
         model.fusion = None

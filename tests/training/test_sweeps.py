@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from drorae.studies.sweeps import expected_fusion_params, fit_log_linear, parse_int_list
 from drorae.tokenizer.fusion import DepthRoutedFusion, FusionConfig
-from drorae.tokenizer.sweeps import expected_fusion_params, fit_log_linear, parse_int_list
 
 from .conftest import CPU_TINY
 
@@ -51,7 +51,7 @@ def test_fusion_parameters_match_appendix_c_plus_the_named_extras(dim, layers, h
 
 
 def test_layer_mean_sets_follow_raev2s_on_24_blocks():
-    from drorae.tokenizer.sweeps import layer_mean_set
+    from drorae.studies.sweeps import layer_mean_set
 
     assert layer_mean_set(24, 7) == [12, 14, 16, 18, 20, 22, 24]  # "k7" (0-based 11, 13, ..., 23)
     assert layer_mean_set(24, 23) == list(range(2, 25))  # "k23"
@@ -96,7 +96,7 @@ def test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points(pha
 
 def test_ablation_command_runs_every_table_once_per_distinct_run(phase1_run, image_dir, tmp_path):
     from drorae.cli import main
-    from drorae.tokenizer.sweeps import BETAS, ablation_cells
+    from drorae.studies.sweeps import BETAS, ablation_cells
 
     cells = ablation_cells(("design", "beta", "energy_norm", "strategy"), max_steps=2)
     points = {c["point"] for c in cells}

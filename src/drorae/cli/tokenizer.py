@@ -126,7 +126,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from ..tokenizer.analysis import analyze
+    from ..studies.analysis import analyze
 
     report = analyze(args.model, args.images, args.out, device=args.device)
     mad = report["spectral_mad"]
@@ -140,7 +140,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _sweep_settings(args: argparse.Namespace):
-    from ..tokenizer.sweeps import SweepSettings
+    from ..studies.sweeps import SweepSettings
 
     return SweepSettings(
         config=args.config,
@@ -171,7 +171,7 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_scaling(args: argparse.Namespace) -> int:
-    from ..tokenizer.sweeps import parse_int_list, run_scaling
+    from ..studies.sweeps import parse_int_list, run_scaling
 
     means = parse_int_list(args.latent_layers) if args.latent_layers else []
     report = run_scaling(_sweep_settings(args), parse_int_list(args.expert_hidden), parse_int_list(args.layers), means)
@@ -185,7 +185,7 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from ..tokenizer.sweeps import run_ablation
+    from ..studies.sweeps import run_ablation
 
     run_ablation(_sweep_settings(args), tuple(args.groups))
     print((Path(args.out) / "ablation.md").read_text())

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .adm import adm_item
 from .folders import EpochSeededDataset, sample_generator
 from .image_files import list_image_files
 from .shards import TarMember, image_member, index_shard_keys, is_shard_spec, read_small_members
@@ -153,8 +154,6 @@ class CaptionPairs(EpochSeededDataset):
         return {"text_ids": torch.tensor(self.tokenizer.encode(caption), dtype=torch.long)}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..evaluation.reconstruction import adm_item
-
         text = self.text_item(index, index)
         if "skipped" in text:
             return text
@@ -182,8 +181,6 @@ class CaptionedImages(EpochSeededDataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..evaluation.reconstruction import adm_item
-
         item = adm_item(self.images[index], index, self.image_size)
         if item["image"] is None:
             return item

@@ -10,7 +10,7 @@ a random-init ViT keeps most detail in every layer, so the demo first pretrains 
 
 To solve it the network must discard what the augmentations change (exact colours, fine
 texture, position) and keep what identifies a photo, so its deep blocks lose detail the way
-semantic pretraining does; a linear pixel probe (:func:`drorae.tokenizer.analysis.probe_backbone`)
+semantic pretraining does; a linear pixel probe (:func:`drorae.studies.analysis.probe_backbone`)
 shows it (:func:`probe_demo_backbones`).
 
 - :class:`BackboneRecipe`: architecture, objective, hyper-parameters and seed; JSON-serialisable,
@@ -531,9 +531,9 @@ def probe_demo_backbones(
 
     The ridge probe is fitted on :func:`~drorae.sample_photos.fixed_eval_crops` of the TRAIN
     photos and evaluated on crops of the HELD-OUT photos, at ``input_size`` (the crop size),
-    with :func:`drorae.tokenizer.analysis.probe_backbone`: ``{"blocks": [dB per block], "z_base": dB}``.
+    with :func:`drorae.studies.analysis.probe_backbone`: ``{"blocks": [dB per block], "z_base": dB}``.
     """
-    from ..tokenizer.analysis import probe_backbone
+    from ..studies.analysis import probe_backbone
     from ..tokenizer.backbones import load_backbone
 
     train = sample_photos.fixed_eval_crops(sample_photos.load_photos("train"), input_size, train_count, seed=seed)

@@ -227,7 +227,7 @@ def run_demo(
 
     # 2. layer probe ---------------------------------------------------------------------------
     t = stage("layer probe: ridge from each block's tokens to its patch pixels (held-out PSNR)")
-    from ..tokenizer.analysis import probe_backbone
+    from ..studies.analysis import probe_backbone
     from ..tokenizer.backbones import load_backbone
 
     backbone = load_backbone(str(backbone_dir), input_size=plan.crop)
@@ -501,7 +501,7 @@ def render_markdown(report: dict) -> str:
 def write_figures(out: Path, eval_images, model_dirs, probe_curve, histories, backbone) -> dict[str, str]:
     import matplotlib
 
-    from ..tokenizer.analysis import plot_layer_probe, plot_router_weights, router_weight_maps
+    from ..studies.analysis import plot_layer_probe, plot_router_weights, router_weight_maps
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

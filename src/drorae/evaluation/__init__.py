@@ -5,7 +5,8 @@
 - :mod:`.generation`: ``drorae eval-gen`` (gFID, precision/recall, IS and KID through torch-fidelity).
 """
 
+from ..data.adm import adm_center_crop
 from .generation import evaluate_generation
-from .reconstruction import adm_center_crop, evaluate
+from .reconstruction import evaluate
 
 __all__ = ["adm_center_crop", "evaluate", "evaluate_generation"]

@@ -63,8 +63,8 @@ def load_reference(path: str | Path, image_size: int) -> tuple[np.ndarray | None
     """``(images uint8 [N, H, W, 3] or None, {mu, sigma} if stored, skipped files)`` of an npz or a folder."""
     path = Path(path)
     if path.is_dir():
+        from ..data.adm import load_adm_image
         from ..data.folders import list_images
-        from .reconstruction import load_adm_image
 
         images, skipped = [], 0
         for p in list_images(path):

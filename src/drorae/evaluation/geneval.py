@@ -37,18 +37,16 @@ from typing import Any
 
 import numpy as np
 
+from .geneval_common import COLORS, Detection
+
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
 NMS_THRESHOLD = 1.0
 POSITION_THRESHOLD = 0.1
-COLORS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"]
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 RELATIONS = ["left of", "right of", "above", "below"]
-COLOR_TEMPLATES = ["a photo of a {c} {obj}", "a photo of a {c}-colored {obj}", "a photo of a {c} object"]
 
-# one detection: (box [x1, y1, x2, y2, score], mask [H, W] bool or None)
-Detection = tuple[np.ndarray, Any]
 ColorFn = Callable[[list[Detection], str], list[str]]
 
 

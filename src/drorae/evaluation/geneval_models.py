@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geneval import COLOR_TEMPLATES, COLORS, Detection
+from .geneval_common import COLOR_TEMPLATES, COLORS, Detection
 
 
 def _embeds(out) -> torch.Tensor:

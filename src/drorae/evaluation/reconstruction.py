@@ -1,7 +1,7 @@
 """``drorae eval``: a tokenizer's reconstruction numbers, measured the way RAE's evaluation does (paper table 1).
 
 * images: an image folder (ImageNet-val style, flat or with class sub-folders), each ADM-centre-cropped
-  (:func:`adm_center_crop`) to the decoder's resolution; unreadable files are skipped and counted;
+  (:func:`~drorae.data.adm.adm_center_crop`) to the decoder's resolution; unreadable files are skipped and counted;
 * PSNR and SSIM on reconstructions quantised to uint8 (then ``/ 255``), per image, averaged; SSIM is
   torchmetrics' ``structural_similarity_index_measure`` with ``data_range=1.0``;
 * rFID: the Fréchet distance between TF-Inception pool3 features (the TorchScript port of the TF
@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from ..data.folders import collate_skipping, list_images, load_rgb
+from ..data.adm import adm_item
+from ..data.folders import collate_skipping, list_images
 from ..serialization import (
     ForeignFileError,
     load_npz,
@@ -43,21 +43,6 @@ from .metrics import FeatureStats, features_of, frechet_distance, psnr
 
 SHARD_DIR = "shards"
 NPZ_NAME = "reconstructions.npz"
-
-
-def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """ADM's ImageNet centre crop (``center_crop_arr``) as uint8 ``[size, size, 3]``.
-
-    Halve with a box filter while the shorter side is at least ``2 * size`` (cheap antialiasing), resize
-    bicubically so the shorter side is ``size``, then cut the centred ``size x size`` square (integer offsets).
-    """
-    while min(image.size) >= 2 * size:
-        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
-    scale = size / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
-    pixels = np.asarray(image.convert("RGB"))
-    top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
-    return pixels[top : top + size, left : left + size].copy()  # contiguous and writable (asarray's view is not)
 
 
 class EvalImages(torch.utils.data.Dataset):
@@ -76,20 +61,6 @@ class EvalImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return adm_item(self.paths[index], index, self.image_size)
-
-
-def adm_item(path, index: int, size: int) -> dict[str, Any]:
-    """A dataset item: ``{"image": uint8 [3, size, size], "index"}``, or ``{"image": None, "skipped": path}``."""
-    image = load_adm_image(path, size)
-    if image is None:
-        return {"image": None, "index": index, "skipped": str(path)}
-    return {"image": image, "index": index}
-
-
-def load_adm_image(path: str | Path, size: int) -> Tensor | None:
-    """One image file, ADM-centre-cropped, as uint8 ``[3, size, size]``; ``None`` if it cannot be decoded."""
-    image = load_rgb(path)
-    return None if image is None else torch.from_numpy(adm_center_crop(image, size)).permute(2, 0, 1)
 
 
 def quantize(images: Tensor) -> Tensor:

@@ -365,7 +365,7 @@ class DiT(nn.Module):
     # -- save / load ----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> None:
         """``config.json`` (+ ``extra`` keys, e.g. class names) and ``model.safetensors``."""
-        from .. import __version__
+        from .._version import __version__
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

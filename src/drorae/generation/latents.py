@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.adm import adm_item
 from ..data.folders import EpochSeededDataset, derive_seed, list_images, sample_generator
 from ..serialization import read_json, save_safetensors
 
@@ -83,8 +84,6 @@ class LabeledImageFolder(EpochSeededDataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..evaluation.reconstruction import adm_item
-
         item = adm_item(self.paths[index], index, self.image_size)
         if item["image"] is None:
             return item

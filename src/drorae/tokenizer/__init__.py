@@ -4,8 +4,10 @@
 - :mod:`.fusion`: the depth-routed fusion (eqs. 2-5) and its ablation variants;
 - :mod:`.decoder`: RAE's ViT-MAE pixel decoder;
 - :mod:`.model`: :class:`DRoRAE`: encode / decode, latent normalisation, ``save_pretrained`` / ``from_pretrained``;
-- :mod:`.losses`, :mod:`.training`: the losses and the three-phase trainer (``drorae train``);
-- :mod:`.sweeps`, :mod:`.analysis`: ``drorae scaling`` / ``ablate`` and ``drorae analyze``.
+- :mod:`.losses`, :mod:`.training`: the losses and the three-phase trainer (``drorae train``).
+
+The sweeps and analyses (``drorae scaling`` / ``ablate`` / ``analyze``) live in :mod:`drorae.studies`: they
+evaluate, and :mod:`drorae.evaluation` imports this package.
 
 Importing this package loads the model code only (not the trainer, the engine or the demo).
 """

@@ -26,7 +26,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
+from .._version import __version__
 from ..configuration import ConfigError, config_from_dict
 from ..serialization import load_safetensors, load_strict, read_json, save_safetensors
 from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, base_latent, build_backbone, check_backbone

@@ -21,7 +21,7 @@ from .spectra import log_magnitude_spectrum, radial_power_spectrum, spectral_dif
 
 def load_images(paths: list[str | Path], size: int) -> tuple[torch.Tensor, list[str], list[str]]:
     """ADM-centre-cropped images ``[B, 3, size, size]`` in [0, 1], their paths, and the unreadable paths."""
-    from ...evaluation.reconstruction import load_adm_image
+    from ...data.adm import load_adm_image
 
     images, used, skipped = [], [], []
     for path in paths:
@@ -41,7 +41,7 @@ def analyze(
     model_dir: str | Path, image_paths: list[str | Path], out_dir: str | Path, device: str = "cpu"
 ) -> dict[str, Any]:
     """Run the analyses on ``image_paths`` and write ``analysis.json`` and the figures to ``out_dir``."""
-    from ..model import DRoRAE
+    from ...tokenizer.model import DRoRAE
 
     model = DRoRAE.from_pretrained(model_dir, map_location=device).eval()
     if model.fusion is None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fusion import paper_param_count
+from ..tokenizer.fusion import paper_param_count
 
 POINT_FILE = "point.json"
 
@@ -45,7 +45,7 @@ def run_point(
     """Train one point (or reuse it) and evaluate it; returns its ``point.json`` record. ``init`` defaults to the
     sweep's phase-1 model (phases 3 and "full" start from a phase-2 point's run directory instead)."""
     from ..evaluation.reconstruction import evaluate
-    from .training import Trainer, load_config
+    from ..tokenizer.training import Trainer, load_config
 
     run = Path(settings.out) / "points" / name
     record_path = run / POINT_FILE
@@ -100,7 +100,7 @@ def latent_shift(model_dir: str | Path, eval_data: str | Path, num: int | None =
     would have to learn (a cheap stand-in for "DiT loss at epoch 12")."""
     from ..evaluation.metrics import FeatureStats, frechet_distance
     from ..evaluation.reconstruction import EvalImages
-    from .model import DRoRAE
+    from ..tokenizer.model import DRoRAE
 
     model = DRoRAE.from_pretrained(model_dir).eval()
     data = EvalImages(eval_data, model.decoder.config.image_size, num)
@@ -151,8 +151,8 @@ def layer_mean_set(num_layers: int, k: int) -> list[int]:
 def run_layer_mean_point(settings: SweepSettings, k: int, total_blocks: int) -> dict[str, Any]:
     """RAEv2's K axis under the same protocol as a fusion point: the sweep's phase-1 decoder continues for the same
     steps (phase 1) on the layer mean of :func:`layer_mean_set` (with RAEv2's global term); no fusion parameters."""
-    from .model import DRoRAE
-    from .training.trainer import resolve_model_dir
+    from ..tokenizer.model import DRoRAE
+    from ..tokenizer.training.trainer import resolve_model_dir
 
     name = f"mean_k{k}"
     start = Path(settings.out) / "points" / name / "start"
@@ -225,8 +225,8 @@ def run_scaling(
 
 def _backbone_blocks(init: str | Path) -> int:
     """L, the block count of the backbone the sweep's phase-1 model was trained on."""
-    from .model import upgrade_legacy_config
-    from .training.trainer import resolve_model_dir
+    from ..tokenizer.model import upgrade_legacy_config
+    from ..tokenizer.training.trainer import resolve_model_dir
 
     config = json.loads((resolve_model_dir(init) / "config.json").read_text())
     return int(upgrade_legacy_config(config)["backbone"]["num_layers"])
@@ -304,7 +304,7 @@ def ablation_cells(groups: tuple[str, ...], max_steps: int) -> list[dict[str, An
 
     Cells that are the same run (the default module appears in every group) share one point.
     """
-    from .fusion import CORRECTIONS, ROUTINGS
+    from ..tokenizer.fusion import CORRECTIONS, ROUTINGS
 
     cells = []
 
@@ -356,7 +356,7 @@ def ablation_cells(groups: tuple[str, ...], max_steps: int) -> list[dict[str, An
 def run_ablation(settings: SweepSettings, groups: tuple[str, ...] = ABLATION_GROUPS) -> dict[str, Any]:
     """Every cell of ``groups`` (one resumable point each, shared where cells coincide); ``ablation.json`` and
     ``ablation.md`` with the reconstruction metric and the latent-shift FD per cell."""
-    from .training import load_config
+    from ..tokenizer.training import load_config
 
     max_steps = load_config(settings.config, list(settings.overrides)).train.max_steps
     cells = ablation_cells(tuple(groups), max_steps)
