@@ -245,6 +245,20 @@ def _resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
 
 
+def _resize_random_crop(image: Image.Image, resize: int, size: int, generator: torch.Generator) -> Image.Image:
+    """RAE's training crop: the shorter side to ``resize`` (bicubic, torchvision's rounding of the longer side),
+    then a ``size x size`` window at a uniformly drawn offset."""
+    width, height = image.size
+    if width <= height:
+        new = (resize, int(resize * height / width))
+    else:
+        new = (int(resize * width / height), resize)
+    image = image.resize(new, Image.Resampling.BICUBIC)
+    top = int(torch.randint(0, new[1] - size + 1, (), generator=generator))
+    left = int(torch.randint(0, new[0] - size + 1, (), generator=generator))
+    return image.crop((left, top, left + size, top + size))
+
+
 # --------------------------------------------------------------------------------------------
 # Dataset, collation and skip accounting
 # --------------------------------------------------------------------------------------------
@@ -253,11 +267,12 @@ def _resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 class ImageFolderDataset(EpochSeededDataset):
     """Square, optionally flipped crops of the images of a folder.
 
-    Each image is resized so that its shorter side equals ``image_size`` (bicubic,
-    antialiased), centre-cropped to ``image_size x image_size`` and returned as a float tensor
-    ``[3, H, W]`` in ``[0, 1]``. With ``random_flip`` it is mirrored horizontally with
-    probability 1/2, drawn from :func:`sample_generator` ``(seed, epoch, index)``; call
-    :meth:`set_epoch` at the start of every epoch (before iterating the DataLoader).
+    ``crop="center"``: each image is resized so that its shorter side equals ``image_size`` (bicubic,
+    antialiased) and centre-cropped to ``image_size x image_size``. ``crop="random"`` (RAE's stage-1 data):
+    the shorter side goes to ``resize`` (RAE: 384 for 256 px) and a random ``image_size`` window is cut.
+    The result is a float tensor ``[3, H, W]`` in ``[0, 1]``. With ``random_flip`` it is mirrored
+    horizontally with probability 1/2. Every draw comes from :func:`sample_generator` ``(seed, epoch,
+    index)``; call :meth:`set_epoch` at the start of every epoch (before iterating the DataLoader).
 
     ``__getitem__`` returns ``{"image": tensor, "index": index}``, or for a file that cannot
     be decoded ``{"image": None, "index": index, "skipped": str(path)}``. Use
@@ -271,9 +286,17 @@ class ImageFolderDataset(EpochSeededDataset):
         random_flip: bool = True,
         *,
         seed: int = 0,
+        crop: str = "center",
+        resize: int = 0,
     ) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        if crop not in ("center", "random"):
+            raise ValueError(f"crop={crop!r} is not center or random")
+        self.crop = crop
+        self.resize = int(resize) or int(image_size)
+        if self.resize < image_size:
+            raise ValueError(f"resize={resize} is smaller than image_size={image_size}")
         self.root = Path(root)
         self.paths: list[Path] = list_images(self.root)
         self.image_size = int(image_size)
@@ -289,10 +312,13 @@ class ImageFolderDataset(EpochSeededDataset):
         image = load_rgb(path)
         if image is None:
             return {"image": None, "index": index, "skipped": str(path)}
-        image = _resize_center_crop(image, self.image_size)
+        generator = sample_generator(self.seed, self.epoch, index)
+        if self.crop == "random":
+            image = _resize_random_crop(image, self.resize, self.image_size, generator)
+        else:
+            image = _resize_center_crop(image, self.image_size)
         tensor = pil_to_tensor(image)
         if self.random_flip:
-            generator = sample_generator(self.seed, self.epoch, index)
             if torch.rand((), generator=generator).item() < 0.5:
                 tensor = tensor.flip(-1)
         return {"image": tensor, "index": index}
@@ -300,7 +326,8 @@ class ImageFolderDataset(EpochSeededDataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, images={len(self)}, "
-            f"image_size={self.image_size}, random_flip={self.random_flip}, seed={self.seed})"
+            f"image_size={self.image_size}, crop={self.crop!r}, resize={self.resize}, random_flip={self.random_flip}, "
+            f"seed={self.seed})"
         )
 
 

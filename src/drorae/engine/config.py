@@ -38,6 +38,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # 0 disables
     ema_decay: float = 0.9978
+    ema_warmup: bool = True  # decay min(ema_decay, (1+t)/(10+t)); false: ema_decay from step 0 (RAE)
 
 
 @dataclass

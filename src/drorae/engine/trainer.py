@@ -115,7 +115,7 @@ class BaseTrainer(ABC):
             [p for _, p in trained], lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
         )
         self.optimizers = {"opt": self.opt, **(extra_optimizers or {})}
-        self.ema = EMA(trained, o.ema_decay)
+        self.ema = EMA(trained, o.ema_decay, warmup=o.ema_warmup)
         self.dataset = dataset
         if len(dataset) < self.loop.batch_size * self.world:
             raise ValueError(

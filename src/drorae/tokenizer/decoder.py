@@ -47,6 +47,9 @@ class DecoderConfig:
     # None: MAE/RAE positions 0..g-1. An int b: positions scaled by b / g, as diffusers'
     # AutoencoderRAE does (identical to MAE's when g == b == 16, RAE's standard grid).
     pos_embed_base_grid: int | None = None
+    # False: the sin-cos table is a fixed buffer (MAE, diffusers). True: it starts as sin-cos and is a parameter that
+    # trains with the decoder, as in RAE's stage-1 trainer (its `decoder.requires_grad_(True)` unfreezes it).
+    learned_pos_embed: bool = False
 
     def resolved(self) -> DecoderConfig:
         """A copy with the preset applied and every size checked (what :class:`RAEDecoder` stores)."""
@@ -134,11 +137,11 @@ class RAEDecoder(nn.Module):
         self.config = cfg = config.resolved()
         self.embed = nn.Linear(cfg.latent_dim, cfg.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
-        self.register_buffer(
-            "pos_embed",
-            sincos_pos_embed_2d(cfg.hidden_size, cfg.grid_size, base_grid=cfg.pos_embed_base_grid)[None],
-            persistent=False,
-        )
+        table = sincos_pos_embed_2d(cfg.hidden_size, cfg.grid_size, base_grid=cfg.pos_embed_base_grid)[None]
+        if cfg.learned_pos_embed:
+            self.pos_embed = nn.Parameter(table)
+        else:
+            self.register_buffer("pos_embed", table, persistent=False)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.pred = nn.Linear(cfg.hidden_size, cfg.patch_size**2 * cfg.num_channels)

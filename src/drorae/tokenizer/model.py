@@ -96,6 +96,8 @@ class DRoRAEOutput:
     latent: Tensor  # [B, C, h, w], normalised and scaled
     z_base: Tensor  # [B, N, C], the base latent before fusion (RAE's, or the layer mean)
     fusion: FusionOutput | None  # fused latent and routing weights, when fusion ran
+    tokens: Tensor | None = None  # [B, N, C], the decoder's input before latent noise
+    features: BackboneOutput | None = None  # the frozen backbone's pass, for a second decode without re-running it
 
 
 class DRoRAE(nn.Module):
@@ -273,14 +275,21 @@ class DRoRAE(nn.Module):
         self, images: Tensor, noise_tau: float | None = None, generator: torch.Generator | None = None
     ) -> DRoRAEOutput:
         """Reconstruct; in training mode the latent gets noise (``noise_tau``, default the config's)."""
-        tokens, z_base, fused = self.encode_tokens(images)
-        latent = self.tokens_to_latent(tokens)
+        feats = self._run_backbone(images)
+        clean, z_base, fused = self.tokens_from_features(feats)
+        latent = self.tokens_to_latent(clean)
         tau = self.config.noise_tau if noise_tau is None else noise_tau
-        if self.training and tau > 0:
-            tokens = self.add_latent_noise(tokens, tau, generator)
+        tokens = self.add_latent_noise(clean, tau, generator) if self.training and tau > 0 else clean
         # Decode from the tokens directly: normalise/denormalise is an exact round trip mathematically,
         # and skipping it avoids float drift between encode() and the training path.
-        return DRoRAEOutput(reconstruction=self.decode_tokens(tokens), latent=latent, z_base=z_base, fusion=fused)
+        return DRoRAEOutput(
+            reconstruction=self.decode_tokens(tokens),
+            latent=latent,
+            z_base=z_base,
+            fusion=fused,
+            tokens=clean,
+            features=feats,
+        )
 
     # -- parameter groups (used by `drorae info` and the trainer) -----------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -8,13 +8,17 @@ from .adversarial import (
     adaptive_generator_weight,
     generator_loss,
     hinge_d_loss,
+    quantize_fakes,
 )
 from .diffaug import DiffAugment, diff_augment
+from .dino_vit import DINO_RECIPES, DinoViT, DinoViTConfig, read_dino_file
 from .discriminator import (
     DISCRIMINATOR_KINDS,
-    DinoFeatureDiscriminator,
+    DinoDiscriminator,
+    DinoDiscriminatorConfig,
     PatchDiscriminator,
     build_discriminator,
+    load_discriminator,
 )
 from .perceptual import (
     LPIPS_VGG16_FILENAME,
@@ -32,7 +36,11 @@ __all__ = [
     "PERCEPTUAL_KINDS",
     "AdversarialSchedule",
     "DiffAugment",
-    "DinoFeatureDiscriminator",
+    "DINO_RECIPES",
+    "DinoDiscriminator",
+    "DinoDiscriminatorConfig",
+    "DinoViT",
+    "DinoViTConfig",
     "LPIPSLoss",
     "PatchDiscriminator",
     "PerceptualLoss",
@@ -44,4 +52,7 @@ __all__ = [
     "diff_augment",
     "generator_loss",
     "hinge_d_loss",
+    "load_discriminator",
+    "quantize_fakes",
+    "read_dino_file",
 ]

@@ -1,12 +1,14 @@
-"""Adversarial terms and the composed reconstruction loss of all three training phases.
+"""Adversarial terms and the composed reconstruction loss of all three training phases (RAE's stage-1 loss,
+paper eq. 6):
 
-    generator step:      L = l1_w * L1 + p_w * P + gan_w * lambda * L_G   (L_G once started)
-    lambda             = ||d(l1_w * L1 + p_w * P)/dw|| / (||d L_G/dw|| + eps)   (Esser et al., 2021)
-    discriminator step:  L_D = mean relu(1 - D(aug(x))) + mean relu(1 + D(aug(x_hat)))
+    generator step:      L = l1_w * L1 + p_w * P + gan_w * lambda * L_G,  L_G = -mean D(aug(x_hat))   (D in eval mode)
+    lambda             = ||d(l1_w * L1 + p_w * P)/dw|| / (||d L_G/dw|| + 1e-6), clamped to [0, 1e4]   (Esser et al.)
+    discriminator step:  L_D = 0.5 * (mean relu(1 - D(aug(x))) + mean relu(1 + D(aug(q(x_hat')))))  (D in train mode)
 
-where ``w`` is the weight of the decoder's last layer, ``P`` a frozen perceptual distance and
-``aug`` DiffAugment. Nothing here calls ``.item()``: all logged values stay tensors on the
-device, so the training loop decides when (if ever) to synchronise.
+where ``w`` is the weight of the decoder's last layer, ``P`` a frozen perceptual distance, ``aug`` DiffAugment,
+``x_hat'`` the reconstruction by the *updated* decoder without latent noise and ``q`` clamping to [0, 1] and
+rounding to 8 bits (:func:`quantize_fakes`), all as RAE's ``train_stage1.py`` computes them. Nothing here calls
+``.item()``: all logged values stay tensors on the device, so the training loop decides when to synchronise.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "adaptive_generator_weight",
     "generator_loss",
     "hinge_d_loss",
+    "quantize_fakes",
 ]
 
 
@@ -33,12 +36,14 @@ GENERATOR_LOSS_KINDS = ("hinge", "non_saturating")
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Hinge discriminator loss ``E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]``.
+    """Hinge discriminator loss ``0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(G(z)))])`` (taming-transformers, RAE)."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
-    The two terms are summed, not averaged (taming-transformers halves them); the factor only
-    rescales the discriminator's learning rate.
-    """
-    return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
+
+def quantize_fakes(images: torch.Tensor) -> torch.Tensor:
+    """What RAE's discriminator learns on: the reconstruction clamped to [0, 1] and rounded to 8-bit levels
+    (``round((x + 1) * 127.5) / 127.5 - 1`` in RAE's [-1, 1] convention), as a saved image would be."""
+    return torch.round(images.detach().clamp(0.0, 1.0) * 255.0) / 255.0
 
 
 def generator_loss(logits_fake: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
@@ -62,7 +67,7 @@ def adaptive_generator_weight(
     gan_loss: torch.Tensor,
     last_layer_weight: torch.Tensor,
     max_weight: float = 1e4,
-    eps: float = 1e-4,
+    eps: float = 1e-6,
 ) -> torch.Tensor:
     """Balance the GAN gradient against the reconstruction gradient (Esser et al., 2021).
 
@@ -114,7 +119,9 @@ class ReconstructionLoss(nn.Module):
         perceptual_weight: weight of the perceptual term (0 skips computing it).
         gan_weight: weight of the adaptively scaled GAN term (0 disables the GAN).
         discriminator: module mapping images in ``[0, 1]`` to logits, or ``None`` (no GAN).
-        diffaug_policy: DiffAugment policy applied to every discriminator input.
+        diffaug_policy: DiffAugment ops applied to every discriminator input (RAE: translation,color).
+        diffaug_prob: per-batch probability of each op (RAE: 1).
+        diffaug_cutout: cutout square side as a fraction of the image (RAE: 0, off).
         disc_start: first step with the GAN term in the generator loss.
         disc_update_start: first step at which the discriminator is trained.
         max_adaptive_weight: clamp of the adaptive weight.
@@ -134,7 +141,9 @@ class ReconstructionLoss(nn.Module):
         perceptual_weight: float = 1.0,
         gan_weight: float = 0.75,
         discriminator: nn.Module | None = None,
-        diffaug_policy: str | None = "color,translation,cutout",
+        diffaug_policy: str | None = "translation,color",
+        diffaug_prob: float = 1.0,
+        diffaug_cutout: float = 0.0,
         disc_start: int = 0,
         disc_update_start: int = 0,
         max_adaptive_weight: float = 1e4,
@@ -150,7 +159,7 @@ class ReconstructionLoss(nn.Module):
         self.perceptual_weight = float(perceptual_weight)
         self.gan_weight = float(gan_weight)
         self.discriminator = discriminator
-        self.augment = DiffAugment(diffaug_policy)
+        self.augment = DiffAugment(diffaug_policy, diffaug_prob, diffaug_cutout)
         self.schedule = AdversarialSchedule(disc_start, disc_update_start)
         self.max_adaptive_weight = float(max_adaptive_weight)
         self.generator_loss_kind = generator_loss_kind
@@ -211,7 +220,8 @@ class ReconstructionLoss(nn.Module):
         if self.gan_active(step) and torch.is_grad_enabled():
             if last_layer_weight is None:
                 raise ValueError("the GAN term is on: pass the decoder's last layer weight")
-            logits_fake = self.discriminator(self.augment(reconstruction))
+            with _mode(self.discriminator, training=False):  # RAE: no power iteration in the generator's step
+                logits_fake = self.discriminator(self.augment(reconstruction))
             gan_g = generator_loss(logits_fake.float(), self.generator_loss_kind)
             adaptive = adaptive_generator_weight(
                 rec_loss, gan_g, last_layer_weight, max_weight=self.max_adaptive_weight
@@ -224,23 +234,38 @@ class ReconstructionLoss(nn.Module):
         return losses
 
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Hinge loss of the discriminator on augmented real and (detached) generated images.
+        """Hinge loss of the discriminator (in training mode) on augmented real and generated images.
 
-        Returns scalar tensors ``"d_hinge"`` (= ``"total"``), ``"logits_real"`` and
-        ``"logits_fake"`` (mean logits, detached, for monitoring).
+        ``fake``: what D should learn to reject, usually :func:`quantize_fakes` of a fresh reconstruction.
+        Fake and real go through D in two forwards, fake first, as RAE's: each runs its own augmentation
+        draw and, in training mode, its own spectral-norm power iteration. Returns scalar tensors
+        ``"d_hinge"`` (= ``"total"``), ``"logits_real"``, ``"logits_fake"`` (mean logits, detached) and
+        ``"accuracy"`` (fraction of logits where real scores above fake).
         """
         if self.discriminator is None:
             raise RuntimeError("ReconstructionLoss has no discriminator")
-        fake = fake.detach()
-        batch = real.shape[0]
-        # One forward over real and fake together: half the kernel launches, and the heads
-        # have no batch statistics that mixing could disturb.
-        logits = self.discriminator(self.augment(torch.cat([real.detach(), fake], dim=0))).float()
-        logits_real, logits_fake = logits[:batch], logits[batch:]
+        with _mode(self.discriminator, training=True):
+            logits_fake = self.discriminator(self.augment(fake.detach())).float()
+            logits_real = self.discriminator(self.augment(real.detach())).float()
         d_loss = hinge_d_loss(logits_real, logits_fake)
         return {
             "d_hinge": d_loss,
             "logits_real": logits_real.detach().mean(),
             "logits_fake": logits_fake.detach().mean(),
+            "accuracy": (logits_real.detach() > logits_fake.detach()).float().mean(),
             "total": d_loss,
         }
+
+
+class _mode:
+    """Run a module in training or eval mode for a block, then restore its mode."""
+
+    def __init__(self, module: nn.Module, training: bool):
+        self.module, self.training = module, training
+
+    def __enter__(self) -> None:
+        self.previous = self.module.training
+        self.module.train(self.training)
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.train(self.previous)

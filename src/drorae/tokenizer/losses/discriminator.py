@@ -1,184 +1,187 @@
 """Discriminators for the adversarial reconstruction loss.
 
-* :class:`DinoFeatureDiscriminator`: a frozen, pretrained ViT (DINO / DINOv2 as a Hugging Face
-  ``transformers`` model loaded from a local directory) whose intermediate token features feed
-  small trainable heads, in the spirit of the StyleGAN-T / RAE DINO discriminators. The ViT is
-  never updated, but it runs inside the autograd graph so the generator receives gradients
-  through it.
-* :class:`PatchDiscriminator`: a small convolutional PatchGAN trained from scratch, for setups
-  without feature-network weights.
+* :class:`DinoDiscriminator`: RAE's ``DinoDisc`` (arXiv 2510.11690): a frozen DINO ViT
+  (:class:`~drorae.tokenizer.losses.dino_vit.DinoViT`, RAE's numerics) whose patch tokens after the last block
+  and after each ``key_depths`` block feed one small trainable head each. A head works on the flattened token
+  sequence: spectral-normalised Conv1d (k=1) -> per-sample BatchNorm -> LeakyReLU, a residual block of the
+  same with kernel ``ks`` and circular padding, scaled by 1/sqrt(2), and a Conv1d to one logit per token.
+  Spectral norm is torch's original hook (``weight_orig``/``weight_u``/``weight_v``): the same state-dict
+  keys as RAE's checkpoints, and the same power iteration (one per forward in training mode).
+* :class:`PatchDiscriminator`: a small convolutional PatchGAN trained from scratch, for setups without
+  DINO weights (the CPU demo, tests).
 
-Both take images in ``[0, 1]`` and return logits of shape ``[B, M]`` (one logit per token / patch
-and hooked block); losses average over them.
+Both take images in ``[0, 1]`` and return logits ``[B, M]``; losses average over them. A trained DINO
+discriminator is a directory (``config.json`` + ``model.safetensors``) that :func:`load_discriminator` reads.
 """
 
 from __future__ import annotations
 
-import inspect
-import os
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+from ...serialization import load_safetensors, load_strict, read_json, save_safetensors
+from .dino_vit import DinoViT, DinoViTConfig, read_dino_file
 
 __all__ = [
     "DISCRIMINATOR_KINDS",
-    "DinoFeatureDiscriminator",
+    "DinoDiscriminator",
+    "DinoDiscriminatorConfig",
     "PatchDiscriminator",
     "build_discriminator",
+    "load_discriminator",
 ]
 
 DISCRIMINATOR_KINDS = ("dino", "patch")
+WEIGHTS_NAME = "model.safetensors"
 
 
-class TokenGridHead(nn.Module):
-    """Trainable head scoring the patch tokens of one ViT block.
+@dataclass
+class DinoDiscriminatorConfig:
+    """RAE's ``gan.disc.arch`` (``ks``, ``norm_type``, ``using_spec_norm``) and the DINO ViT's sizes."""
 
-    Tokens are normalised (intermediate residual-stream features are not, and their scale grows
-    with depth), laid back on their 2-D patch grid, and scored by a small spectral-normalised
-    conv net: 1x1 projection, one residual ``k x k`` conv, 1x1 to one logit per token. Working on
-    the grid rather than a flattened token sequence keeps the convolution's neighbourhoods
-    spatial.
-    """
+    dino: DinoViTConfig = field(default_factory=DinoViTConfig)
+    ks: int = 9  # RAE's DINOv2-B_decXL.yaml
+    norm_type: str = "bn"  # bn: per-sample BatchNorm over tokens | gn: GroupNorm(32)
+    using_spec_norm: bool = True
+    norm_eps: float = 1e-6
 
-    def __init__(self, in_dim: int, hidden_dim: int = 256, kernel_size: int = 3) -> None:
+    def to_dict(self) -> dict:
+        return {"model_type": "drorae-dino-discriminator", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DinoDiscriminatorConfig:
+        data = {k: v for k, v in data.items() if k != "model_type"}
+        return cls(dino=DinoViTConfig(**data.pop("dino", {})), **data)
+
+
+class BatchNormLocal(nn.Module):
+    """Per-sample, per-channel normalisation over the tokens, in float32 (RAE's ``BatchNormLocal``, virtual batch 1)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
-        self.proj = spectral_norm(nn.Conv2d(in_dim, hidden_dim, kernel_size=1))
-        self.mix = spectral_norm(nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=kernel_size // 2))
-        self.out = spectral_norm(nn.Conv2d(hidden_dim, 1, kernel_size=1))
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, tokens: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-        """``tokens [B, N, C]`` (patch tokens only) -> logits ``[B, N]``."""
-        b, n, c = tokens.shape
-        x = F.layer_norm(tokens, (c,))
-        x = x.transpose(1, 2).reshape(b, c, *grid_size)
-        x = F.leaky_relu(self.proj(x), 0.2)
-        x = x + F.leaky_relu(self.mix(x), 0.2)
-        return self.out(x).flatten(1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        mean = x.mean(dim=2, keepdim=True)
+        var = x.var(dim=2, keepdim=True, unbiased=False)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight[:, None] + self.bias[:, None]
 
 
-def _default_hook_layers(num_layers: int, count: int = 4) -> list[int]:
-    """``count`` blocks evenly spread over the depth, always including the last one.
+class ScaledResidual(nn.Module):
+    """``(f(x) + x) / sqrt(2)``: the variance of the sum stays that of ``x``."""
 
-    For 12 blocks this gives 3, 6, 9, 12 (1-based block indices).
-    """
-    count = min(count, num_layers)
-    return sorted({round(num_layers * (i + 1) / count) for i in range(count)})
-
-
-class DinoFeatureDiscriminator(nn.Module):
-    """Frozen ViT features + trainable heads.
-
-    Args:
-        backbone_path: local directory of a ``transformers`` ViT (``Dinov2Model``,
-            ``Dinov2WithRegistersModel``, ``ViTModel`` e.g. ``facebook/dino-vits8``) as written
-            by ``save_pretrained``. Nothing is downloaded.
-        hook_layers: 1-based indices of the blocks whose outputs are scored (``hidden_states[k]``
-            of the model). Default: four blocks spread evenly, the last included.
-        input_size: side the images are resized to before the ViT (a multiple of the patch
-            size). Default 224, the resolution DINO discriminators are commonly run at.
-        head_dim: hidden width of each head.
-        head_kernel_size: kernel of the heads' spatial conv.
-        mean, std: input normalisation (ImageNet statistics by default).
-    """
-
-    def __init__(
-        self,
-        backbone_path: str | os.PathLike[str],
-        hook_layers: Sequence[int] | None = None,
-        input_size: int = 224,
-        head_dim: int = 256,
-        head_kernel_size: int = 3,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    def __init__(self, fn: nn.Module):
         super().__init__()
-        self.backbone = self._load_backbone(backbone_path)
-        config = self.backbone.config
-        num_layers = int(config.num_hidden_layers)
-        patch_size = int(config.patch_size)
-        if input_size % patch_size != 0:
-            raise ValueError(f"input_size {input_size} is not a multiple of the patch size {patch_size}")
-        if hook_layers is None:
-            hook_layers = _default_hook_layers(num_layers)
-        hook_layers = list(hook_layers)
-        if not hook_layers or any(not 1 <= k <= num_layers for k in hook_layers):
-            raise ValueError(f"hook_layers {hook_layers} must lie in 1..{num_layers}")
+        self.fn = fn
 
-        self.backbone_path = str(backbone_path)
-        self.hook_layers = hook_layers
-        self.input_size = int(input_size)
-        self.grid_size = (input_size // patch_size, input_size // patch_size)
-        self.heads = nn.ModuleList(
-            TokenGridHead(int(config.hidden_size), head_dim, head_kernel_size) for _ in hook_layers
-        )
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        # ViTModel needs this flag to accept sizes other than its config's; DINOv2 always
-        # interpolates and has no such argument.
-        self._backbone_kwargs: dict[str, bool] = {"output_hidden_states": True}
-        if "interpolate_pos_encoding" in inspect.signature(self.backbone.forward).parameters:
-            self._backbone_kwargs["interpolate_pos_encoding"] = True
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.fn(x) + x) * (2.0**-0.5)
 
-    @staticmethod
-    def _load_backbone(path: str | os.PathLike[str]) -> nn.Module:
-        from transformers import AutoModel
 
-        directory = Path(path).expanduser()
-        if not (directory / "config.json").is_file():
-            raise FileNotFoundError(
-                f"DINO discriminator: no transformers model at {directory} (expected a directory "
-                f"with config.json and model weights, e.g. from `save_pretrained` or a downloaded "
-                f"facebook/dino-vits8 snapshot). Nothing is downloaded at run time; or use "
-                f"`discriminator: patch`."
-            )
-        try:
-            model = AutoModel.from_pretrained(str(directory), local_files_only=True)
-        except OSError as error:
-            raise FileNotFoundError(
-                f"DINO discriminator: could not load the model weights in {directory}: {error}"
-            ) from error
-        model = model.float()
-        model.requires_grad_(False)
-        return model.eval()
+def _conv1d(cfg: DinoDiscriminatorConfig, c_in: int, c_out: int, kernel: int) -> nn.Conv1d:
+    conv = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2, padding_mode="circular" if kernel > 1 else "zeros")
+    if cfg.using_spec_norm:
+        # the original hook, not the parametrization: RAE's keys, and its one power iteration per training forward
+        conv = torch.nn.utils.spectral_norm(conv, n_power_iterations=1, eps=1e-12, dim=0)
+    return conv
 
-    def train(self, mode: bool = True) -> DinoFeatureDiscriminator:
-        super().train(mode)
-        # The frozen ViT always runs as at inference (no dropout / drop-path).
-        self.backbone.eval()
-        return self
+
+def _conv_norm_act(cfg: DinoDiscriminatorConfig, channels: int, kernel: int) -> nn.Sequential:
+    if cfg.norm_type == "bn":
+        norm: nn.Module = BatchNormLocal(channels, cfg.norm_eps)
+    elif cfg.norm_type == "gn":
+        norm = nn.GroupNorm(32, channels, eps=cfg.norm_eps)
+    else:
+        raise ValueError(f"norm_type {cfg.norm_type!r} is not bn or gn")
+    return nn.Sequential(_conv1d(cfg, channels, channels, kernel), norm, nn.LeakyReLU(0.2))
+
+
+def _head(cfg: DinoDiscriminatorConfig, channels: int) -> nn.Sequential:
+    """tokens [B, C, N] -> logits [B, 1, N]; indices as in RAE's ``heads.i.{0,1.fn,2}`` keys."""
+    return nn.Sequential(
+        _conv_norm_act(cfg, channels, 1),
+        ScaledResidual(_conv_norm_act(cfg, channels, cfg.ks)),
+        _conv1d(cfg, channels, 1, 1),
+    )
+
+
+class DinoDiscriminator(nn.Module):
+    """RAE's DINO discriminator: images ``[B, 3, H, W]`` in ``[0, 1]`` -> logits ``[B, heads * N]``.
+
+    ``dino`` is frozen and always in eval mode; ``heads`` train. In eval mode spectral norm uses its stored
+    vectors; in training mode each forward runs one power iteration first (RAE: eval for the generator's
+    step, train for the discriminator's).
+    """
+
+    def __init__(self, config: DinoDiscriminatorConfig):
+        super().__init__()
+        self.config = config
+        self.dino = DinoViT(config.dino)
+        taps = 1 + len(self.dino.key_depths)
+        self.heads = nn.ModuleList(_head(config, config.dino.embed_dim) for _ in range(taps))
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The heads' parameters: the only ones an optimiser should see."""
         return self.heads.parameters()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> logits ``[B, len(hook_layers) * N]``."""
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(
-                images,
-                size=(self.input_size, self.input_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=images.shape[-1] > self.input_size,
-            )
-        pixels = (images - self.mean) / self.std
-        hidden_states = self.backbone(pixel_values=pixels, **self._backbone_kwargs).hidden_states
-        num_patches = self.grid_size[0] * self.grid_size[1]
-        logits = []
-        for head, layer in zip(self.heads, self.hook_layers):
-            # Drop the prefix tokens (CLS, registers): they sit before the patch tokens.
-            tokens = hidden_states[layer][:, -num_patches:]
-            logits.append(head(tokens, self.grid_size))
-        return torch.cat(logits, dim=1)
+        features = self.dino(images * 2.0 - 1.0)  # RAE's discriminator takes [-1, 1]
+        batch = images.shape[0]
+        return torch.cat([head(f).view(batch, -1) for head, f in zip(self.heads, features)], dim=1)
+
+    # -- files ----------------------------------------------------------------------------------
+    @classmethod
+    def from_dino_file(
+        cls,
+        path: str | Path,
+        recipe: str = "S_8",
+        key_depths: list[int] | None = None,
+        ks: int = 9,
+        norm_type: str = "bn",
+        using_spec_norm: bool = True,
+        norm_eps: float = 1e-6,
+        seed: int | None = None,
+    ) -> DinoDiscriminator:
+        """Fresh heads on the DINO weights of ``path`` (RAE's ``dino_vit_small_patch8_224.pth`` format)."""
+        dino, state = read_dino_file(path, recipe, key_depths)
+        dino.norm_eps = norm_eps  # RAE passes its norm_eps to the ViT too
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = cls(DinoDiscriminatorConfig(dino, ks, norm_type, using_spec_norm, norm_eps))
+        model.dino.load_state_dict(state)
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.state_dict(), directory / WEIGHTS_NAME)
+        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     def extra_repr(self) -> str:
-        return f"backbone_path={self.backbone_path!r}, hook_layers={self.hook_layers}, input_size={self.input_size}"
+        c = self.config
+        return f"dino={c.dino.embed_dim}x{c.dino.depth}/p{c.dino.patch_size}, taps={len(self.heads)}, ks={c.ks}"
+
+
+def load_discriminator(directory: str | Path) -> DinoDiscriminator:
+    """A discriminator directory (``import-rae-disc`` or a training run's ``discriminator/``) -> the module."""
+    directory = Path(directory)
+    config = read_json(directory / "config.json", "a drorae discriminator config")
+    if config.get("model_type") != "drorae-dino-discriminator":
+        raise ValueError(
+            f"{directory} is not a drorae discriminator directory (config model_type={config.get('model_type')!r}); "
+            "make one with `drorae import-rae-disc`"
+        )
+    model = DinoDiscriminator(DinoDiscriminatorConfig.from_dict(config))
+    load_strict(model, load_safetensors(directory / WEIGHTS_NAME), source=directory / WEIGHTS_NAME)
+    return model
 
 
 class PatchDiscriminator(nn.Module):
@@ -216,12 +219,19 @@ class PatchDiscriminator(nn.Module):
         return self.net(images * 2.0 - 1.0).flatten(1)
 
 
-def build_discriminator(kind: str, **kwargs: object) -> DinoFeatureDiscriminator | PatchDiscriminator:
-    """``kind="dino"`` -> :class:`DinoFeatureDiscriminator` (``backbone_path`` required),
-    ``kind="patch"`` -> :class:`PatchDiscriminator`; ``kwargs`` go to the constructor."""
+def build_discriminator(kind: str, **kwargs: object) -> DinoDiscriminator | PatchDiscriminator:
+    """``kind="dino"``: :meth:`DinoDiscriminator.from_dino_file` (``path`` = a DINO ``.pth``) or, for a
+    directory, :func:`load_discriminator`; ``kind="patch"``: :class:`PatchDiscriminator` (``kwargs`` to it)."""
     kind = kind.lower()
     if kind == "dino":
-        return DinoFeatureDiscriminator(**kwargs)  # type: ignore[arg-type]
+        path = Path(str(kwargs.pop("path")))
+        if path.is_dir():
+            if kwargs:
+                raise ValueError(
+                    f"{path} is a discriminator directory: its settings come from it, not {sorted(kwargs)}"
+                )
+            return load_discriminator(path)
+        return DinoDiscriminator.from_dino_file(path, **kwargs)  # type: ignore[arg-type]
     if kind == "patch":
         return PatchDiscriminator(**kwargs)  # type: ignore[arg-type]
     raise ValueError(f"unknown discriminator {kind!r}; expected one of {DISCRIMINATOR_KINDS}")

@@ -37,14 +37,35 @@ class LossConfig:
     perceptual_weight: float = 1.0
     lpips_vgg_path: str | None = None  # vgg16-397923af.pth
     gan_weight: float = 0.75
-    discriminator: str = "dino"  # dino | patch | none
-    disc_backbone: str | None = None  # local DINO ViT dir for the "dino" discriminator
+    discriminator: str = "dino"  # dino (RAE's DinoDisc) | patch | none
+    # the "dino" discriminator's weights: RAE's dino_vit_small_patch8_224.pth (a DINO .pth of its layout), or a
+    # discriminator directory (drorae import-rae-disc, or a previous run's <out>/discriminator)
+    disc_backbone: str | None = None
+    disc_recipe: str = "S_8"  # RAE's recipe of the DINO file: S_8 | S_16 | B_16
+    disc_key_depths: list[int] = field(default_factory=lambda: [2, 5, 8, 11])  # 0-based blocks tapped, + the last
+    disc_ks: int = 9  # kernel of the heads' residual conv (RAE's DINOv2-B_decXL.yaml)
+    disc_norm: str = "bn"  # bn | gn
     disc_channels: int = 64  # width of the "patch" discriminator's first layer
     disc_start_step: int = 0
     disc_update_start_step: int = 0
     disc_lr: float = 2e-4
-    diffaug_policy: str = "color,translation,cutout"
+    disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    disc_weight_decay: float = 0.0
+    # the discriminator's own cosine schedule, counted in its updates (RAE: 1 epoch of warm-up from zero, to 0.1x
+    # at the run's last step): disc_decay_steps = 0 means train.max_steps
+    disc_warmup_steps: int = 0
+    disc_decay_steps: int = 0
+    disc_min_lr_ratio: float = 1.0  # 1.0: constant rate after the warm-up
+    diffaug_policy: str = "translation,color"  # RAE's DiffAug: translation, then colour; cutout off
+    diffaug_prob: float = 1.0
+    diffaug_cutout: float = 0.0
     max_adaptive_weight: float = 1e4
+
+
+@dataclass
+class TokenizerDataConfig(DataConfig):
+    crop: str = "center"  # center | random (RAE: shorter side to `resize`, then a random image_size window)
+    resize: int = 0  # shorter side before a random crop; 0 = image_size (RAE: 384 for 256 px)
 
 
 def _default_model() -> DRoRAEConfig:
@@ -55,7 +76,7 @@ def _default_model() -> DRoRAEConfig:
 @dataclass
 class TrainConfig:
     model: DRoRAEConfig = field(default_factory=_default_model)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
@@ -94,6 +115,15 @@ def validate(cfg: TrainConfig) -> None:
         loss.discriminator in ("dino", "patch", "none"),
         "loss.discriminator",
         f"{loss.discriminator!r} is not dino, patch or none",
+    )
+    check(loss.disc_norm in ("bn", "gn"), "loss.disc_norm", f"{loss.disc_norm!r} is not bn or gn")
+    check(len(loss.disc_betas) == 2, "loss.disc_betas", "must be two numbers")
+    check(0.0 <= loss.diffaug_prob <= 1.0, "loss.diffaug_prob", f"{loss.diffaug_prob} is not in [0, 1]")
+    check(cfg.data.crop in ("center", "random"), "data.crop", f"{cfg.data.crop!r} is not center or random")
+    check(
+        cfg.data.resize == 0 or cfg.data.resize >= cfg.data.image_size,
+        "data.resize",
+        f"{cfg.data.resize} is smaller than data.image_size={cfg.data.image_size}",
     )
     validate_run(cfg.optim, cfg.train)
     check(

@@ -22,14 +22,17 @@ from torch import Tensor, nn
 
 from ...data.folders import ImageFolderDataset
 from ...engine import BaseTrainer, StepOutput
+from ...engine.schedule import warmup_cosine_lr
 from ...serialization import load_safetensors, load_strict, model_dir, save_safetensors
+from ..losses.adversarial import quantize_fakes
 from ..model import DRoRAE, DRoRAEOutput, fusion_for_backbone
 from .config import TrainConfig
 from .phases import Phase, get_phase
 
 log = logging.getLogger("drorae.train")
 
-DISCRIMINATOR_FILE = "discriminator.safetensors"
+DISCRIMINATOR_FILE = "discriminator.safetensors"  # the patch discriminator's weights in a run directory
+DISCRIMINATOR_DIR = "discriminator"  # the DINO discriminator, a load_discriminator directory
 GROUPS = ("backbone", "fusion", "decoder")
 
 
@@ -141,6 +144,7 @@ class Trainer(BaseTrainer):
     ):
         self.phase_spec = get_phase(phase)
         self.phase = self.phase_spec.name
+        self.init = init
         super().__init__(
             cfg, cfg.train, cfg.optim, cfg.data, out_dir, name=self.phase_spec.label, resume=resume, progress=progress
         )
@@ -159,8 +163,11 @@ class Trainer(BaseTrainer):
         self.disc = self.loss_fn.discriminator
         self.disc_params = [p for p in self.disc.parameters() if p.requires_grad] if self.disc is not None else []
         self._init_discriminator(init)
+        c = cfg.loss
         self.disc_opt = (
-            torch.optim.AdamW(self.disc_params, lr=cfg.loss.disc_lr, betas=tuple(cfg.optim.betas))
+            torch.optim.AdamW(
+                self.disc_params, lr=c.disc_lr, betas=tuple(c.disc_betas), weight_decay=c.disc_weight_decay
+            )
             if self.disc_params
             else None
         )
@@ -177,8 +184,9 @@ class Trainer(BaseTrainer):
         self.parallel_disc = self.dist.wrap(DiscriminatorStep(self.loss_fn)) if self.disc_params else None
         # -- data, optimizers, EMA, resume
         if dataset is None:
+            d = cfg.data
             dataset = ImageFolderDataset(
-                data_dir, cfg.data.image_size, random_flip=cfg.data.random_flip, seed=cfg.train.seed
+                data_dir, d.image_size, random_flip=d.random_flip, seed=cfg.train.seed, crop=d.crop, resize=d.resize
             )
         self.setup(trained, dataset, extra_optimizers={"disc_opt": self.disc_opt} if self.disc_opt else None)
 
@@ -193,12 +201,7 @@ class Trainer(BaseTrainer):
         disc = None
         if c.discriminator != "none" and c.gan_weight > 0:
             if c.discriminator == "dino":
-                if not c.disc_backbone:
-                    raise ValueError(
-                        "loss.discriminator=dino needs loss.disc_backbone (a local DINO ViT directory); "
-                        "or use loss.discriminator=patch"
-                    )
-                disc = build_discriminator("dino", backbone_path=c.disc_backbone)
+                disc = self._dino_discriminator()
             else:
                 disc = build_discriminator("patch", base_channels=c.disc_channels)
         return ReconstructionLoss(
@@ -209,9 +212,42 @@ class Trainer(BaseTrainer):
             gan_weight=c.gan_weight,
             discriminator=disc,
             diffaug_policy=c.diffaug_policy,
+            diffaug_prob=c.diffaug_prob,
+            diffaug_cutout=c.diffaug_cutout,
             disc_start=c.disc_start_step,
             disc_update_start=c.disc_update_start_step,
             max_adaptive_weight=c.max_adaptive_weight,
+        )
+
+    def _dino_discriminator(self):
+        """The previous phase's trained discriminator when ``--init`` holds one, else ``loss.disc_backbone``."""
+        from ..losses import build_discriminator, load_discriminator
+
+        c = self.config.loss
+        carried = Path(self.init) / DISCRIMINATOR_DIR if self.init is not None else None
+        if carried is not None and (carried / "config.json").is_file():
+            if self.is_main:
+                print(f"discriminator initialised from {carried}", flush=True)
+            return load_discriminator(carried)
+        if not c.disc_backbone:
+            raise ValueError(
+                "loss.discriminator=dino needs loss.disc_backbone: RAE's dino_vit_small_patch8_224.pth (or another "
+                "DINO .pth of its layout), or a discriminator directory from `drorae import-rae-disc`; or use "
+                "loss.discriminator=patch"
+            )
+        path = Path(c.disc_backbone).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"loss.disc_backbone={c.disc_backbone}: no such file or directory")
+        if path.is_dir():
+            return build_discriminator("dino", path=path)
+        torch.manual_seed(self.config.train.seed + 2)  # the heads' initialisation
+        return build_discriminator(
+            "dino",
+            path=path,
+            recipe=c.disc_recipe,
+            key_depths=list(c.disc_key_depths),
+            ks=c.disc_ks,
+            norm_type=c.disc_norm,
         )
 
     def _disc_state(self) -> dict[str, Tensor]:
@@ -222,7 +258,7 @@ class Trainer(BaseTrainer):
         return {k: v for k, v in self.disc.state_dict().items() if k not in frozen}
 
     def _init_discriminator(self, init: str | Path | None) -> None:
-        """Carry the previous phase's discriminator over (its run dir holds discriminator.safetensors)."""
+        """Carry the previous phase's patch discriminator over (its run dir holds discriminator.safetensors)."""
         if self.disc is None or init is None or not (Path(init) / DISCRIMINATOR_FILE).is_file():
             return
         path = Path(init) / DISCRIMINATOR_FILE
@@ -233,6 +269,13 @@ class Trainer(BaseTrainer):
         load_strict(self.disc, state, source=path)
         if self.is_main:
             print(f"discriminator initialised from {path}", flush=True)
+
+    def disc_lr_at(self, step: int) -> float:
+        """The discriminator's rate at trainer step ``step``: its own schedule, counted in its updates."""
+        c = self.config.loss
+        updates = step - c.disc_update_start_step
+        total = c.disc_decay_steps or self.loop.max_steps
+        return warmup_cosine_lr(updates, c.disc_lr, c.disc_warmup_steps, total, c.disc_min_lr_ratio)
 
     def _adaptive_anchor(self, reconstruction: Tensor) -> Tensor:
         """Where the adaptive GAN weight compares gradient norms.
@@ -249,6 +292,24 @@ class Trainer(BaseTrainer):
     def generator_losses(self, images: Tensor, out: DRoRAEOutput) -> dict[str, Tensor]:
         """The tokenizer's loss terms for one micro-batch (``"total"`` is backpropagated)."""
         return self.loss_fn(images, out.reconstruction, self._adaptive_anchor(out.reconstruction), self.step)
+
+    @torch.no_grad()
+    def fresh_reconstruction(self, images: Tensor, out: DRoRAEOutput) -> Tensor:
+        """The reconstruction by the just-updated weights, in eval mode (no latent noise): RAE's D-step input.
+
+        The frozen backbone's pass of the generator step is reused (RAE runs the encoder again; its output is
+        the same); only what the phase trains runs again.
+        """
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            if "backbone" in self.phase_spec.trains or out.features is None:
+                return model(images, noise_tau=0.0).reconstruction
+            tokens = model.tokens_from_features(out.features)[0] if "fusion" in self.phase_spec.trains else out.tokens
+            return model.decode_tokens(tokens)
+        finally:
+            model.train(was_training)
 
     # -- one optimizer step ---------------------------------------------------------------------
     def train_step(self, micro_batches: list[Tensor], nonfinite: Tensor) -> StepOutput:
@@ -273,13 +334,17 @@ class Trainer(BaseTrainer):
                 (losses["total"] * weights[i]).backward()
             nonfinite |= ~torch.isfinite(losses["total"].detach())
         grad_norm = self.clip_and_step()
-        # -- discriminator step
+        # -- discriminator step (RAE's): on the updated decoder's reconstruction, without latent noise, 8-bit
         for p in self.disc_params:
             p.requires_grad_(True)
         if self.parallel_disc is not None and self.loss_fn.discriminator_active(self.step):
             with self.autocast():
-                d_losses = self.parallel_disc(x, out.reconstruction.detach())
+                fakes = quantize_fakes(self.fresh_reconstruction(x, out))
+            for group in self.disc_opt.param_groups:
+                group["lr"] = self.disc_lr_at(self.step)
             self.disc_opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                d_losses = self.parallel_disc(x, fakes)
             d_losses["total"].backward()
             self.disc_opt.step()
             losses = {**losses, **{f"disc/{k}": v for k, v in d_losses.items() if k != "total"}}
@@ -327,6 +392,9 @@ class Trainer(BaseTrainer):
                 )
             )
             if self.disc is not None:  # lets the next phase start with a trained critic
-                save_safetensors(self._disc_state(), self.out / DISCRIMINATOR_FILE)
+                if hasattr(self.disc, "save_pretrained"):
+                    self.disc.save_pretrained(self.out / DISCRIMINATOR_DIR)
+                else:
+                    save_safetensors(self._disc_state(), self.out / DISCRIMINATOR_FILE)
         self.dist.barrier()
         return model_dir
