@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +127,100 @@ def pytest_collection_modifyitems(config, items):
         rel = os.path.relpath(str(item.path), root).replace(os.sep, "/")
         if rel in SLOW_MODULES or f"{rel}::{item.name.split('[')[0]}" in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    _check_cli_runs_last(config, items)
+
+
+# -- which CLI commands the tests run ---------------------------------------------------------------------------
+# Every `drorae` command must be run by some test (tests/test_cli.py::test_every_command_is_run_by_some_test, which
+# runs last and only when the whole suite runs). Recorded here for the whole session: each command line that
+# `drorae.cli.main` parsed (argparse accepted it, so `--help` and usage errors do not count) and each `drorae.cli`
+# command line a test started as a subprocess (`python -m drorae.cli`, `torchrun ... -m drorae.cli`, `drorae`).
+CLI_CHECK = "test_cli.py::test_every_command_is_run_by_some_test"
+CLI_RUNS: dict[str, list[list[str]]] = {}  # "train", "data sample", ... -> the argument lists it ran with
+
+
+def command_of(argv: list[str]) -> str | None:
+    """``"data sample"`` for ``["data", "sample", ...]``, ``"train"`` for ``["train", ...]``."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if not words:
+        return None
+    return " ".join(words[:2]) if words[0] == "data" and len(words) > 1 else words[0]
+
+
+def _record(argv: list[str]) -> None:
+    name = command_of(argv)
+    if name is not None:
+        CLI_RUNS.setdefault(name, []).append(argv)
+
+
+def drorae_argv(args) -> list[str] | None:
+    """The drorae arguments of a subprocess command line, or None when it does not run drorae's CLI."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return None
+    args = [str(a) for a in args]
+    if args and Path(args[0]).name == "drorae":
+        rest = args[1:]
+    else:
+        starts = [i for i in range(len(args) - 1) if args[i] == "-m" and args[i + 1] == "drorae.cli"]
+        if not starts:
+            return None
+        rest = args[starts[-1] + 2 :]
+    return None if {"-h", "--help"} & set(rest) else rest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_cli_runs():
+    import drorae.cli
+
+    build_parser = drorae.cli.build_parser
+
+    def recording_parser():
+        parser = build_parser()
+        parse_args = parser.parse_args
+
+        def parse_and_record(args=None, namespace=None):
+            parsed = parse_args(args, namespace)
+            _record([str(a) for a in args] if args is not None else [])
+            return parsed
+
+        parser.parse_args = parse_and_record
+        return parser
+
+    popen_init = subprocess.Popen.__init__
+
+    def recording_popen_init(self, args, *rest, **kwargs):
+        argv = drorae_argv(args)
+        if argv is not None:
+            _record(argv)
+        popen_init(self, args, *rest, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(drorae.cli, "build_parser", recording_parser)
+        patch.setattr(subprocess.Popen, "__init__", recording_popen_init)
+        yield
+
+
+@pytest.fixture(scope="session")
+def cli_runs() -> dict[str, list[list[str]]]:
+    return CLI_RUNS
+
+
+def _check_cli_runs_last(config, items):
+    """The check runs after every other test, and only when every test file is in the session unfiltered (a
+    subset of the tests runs a subset of the commands)."""
+    root = Path(__file__).parent
+    check = [i for i in items if i.nodeid.endswith(CLI_CHECK)]
+    if not check:
+        return
+    every_file = {p for p in root.rglob("test_*.py") if "fixtures" not in p.relative_to(root).parts}
+    whole = (
+        every_file <= {Path(i.path) for i in items}
+        and not config.option.keyword
+        and not config.option.markexpr
+        and not config.getoption("deselect")
+        and not config.getoption("lf", False)
+        and not any("::" in str(a) for a in config.args)
+    )
+    items[:] = [i for i in items if i not in check] + (check if whole else [])
+    if not whole:
+        config.hook.pytest_deselected(items=check)
