@@ -65,6 +65,61 @@ def test_psnr_rejects_shape_mismatch() -> None:
 
 
 # --------------------------------------------------------------------------------------------- SSIM
+# `drorae eval` scores SSIM as RAE's evaluation does: torchmetrics' structural_similarity_index_measure (Gaussian
+# window, sigma 1.5, 11 taps, population covariance, data_range 1), whose map covers every pixel (the borders read a
+# reflection of the image) and is averaged over all of them. scikit-image computes the same map but averages only the
+# interior, (win - 1) / 2 = 5 pixels in from each edge. That is a different, documented convention, not a bug: the
+# tests below take the reference from the SSIM equation (Wang et al. 2004) by hand, check that its interior gives
+# scikit-image's number, and check a closed form.
+
+K1, K2, PAD = 0.01, 0.03, 5
+
+
+def _ssim_map_by_hand(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The SSIM map [H, W, C] of two [H, W, C] images in [0, 1] from its equation, the local moments from
+    scipy's Gaussian filter (sigma 1.5, truncated at 3.5 sigma: 11 taps) on a mirror-reflected border."""
+    from scipy.ndimage import gaussian_filter
+
+    def filt(a):
+        return np.stack([gaussian_filter(a[..., c], 1.5, truncate=3.5, mode="mirror") for c in range(a.shape[-1])], -1)
+
+    c1, c2 = K1**2, K2**2
+    ux, uy = filt(x), filt(y)
+    vx, vy, vxy = filt(x * x) - ux * ux, filt(y * y) - uy * uy, filt(x * y) - ux * uy
+    return (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+
+def test_ssim_of_flat_images_is_the_luminance_term() -> None:
+    from drorae.evaluation.reconstruction import image_scores
+
+    a, b = 51 / 255, 153 / 255  # exact uint8 levels: the quantisation of drorae eval leaves them unchanged
+    x, y = torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b)
+    expected = (2 * a * b + K1**2) / (a * a + b * b + K1**2)  # no variance: the contrast-structure term is 1
+    # torchmetrics works in float32: on a flat image E[x^2] - E[x]^2 cancels to ~1e-8, which against
+    # C2 = 9e-4 moves the value by ~1e-4 (on the photos below by ~1e-6); a wrong constant or window moves it by far more
+    assert image_scores(x, y)["ssim"].item() == pytest.approx(expected, abs=2e-4)
+    assert image_scores(x, x)["ssim"].item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ssim_of_drorae_eval_is_the_gaussian_ssim_map_over_every_pixel() -> None:
+    from skimage.metrics import structural_similarity
+
+    from drorae.evaluation.reconstruction import image_scores
+
+    x = _photo_batch(48)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    y = (x + 0.1 * noise).clamp(0, 1)
+    xq, yq = [(t * 255).round() / 255 for t in (x, y)]  # the uint8 levels that drorae eval scores
+    ours = image_scores(x, y)["ssim"]
+    for i in range(2):
+        a, b = (t[i].permute(1, 2, 0).double().numpy() for t in (xq, yq))
+        full = _ssim_map_by_hand(b, a)
+        assert ours[i].item() == pytest.approx(full.mean(), abs=1e-5)
+        sk = structural_similarity(
+            a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=-1
+        )
+        assert sk == pytest.approx(full[PAD:-PAD, PAD:-PAD].mean(), abs=1e-10)  # the same map, its interior
+        assert abs(sk - ours[i].item()) > 1e-3  # the two conventions do differ on a 48 px image
 
 
 # --------------------------------------------------------------------------------------------- Fréchet
@@ -106,8 +161,18 @@ def test_frechet_matches_scipy_sqrtm_formula() -> None:
 def test_frechet_rank_deficient_is_finite() -> None:
     rng = np.random.default_rng(4)
     f1, f2 = rng.normal(size=(5, 32)), rng.normal(size=(5, 32)) + 1  # 5 samples, 32 dims
-    value = frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    mu1, mu2, s1, s2 = f1.mean(0), f2.mean(0), np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    value = frechet_distance(mu1, s1, mu2, s2)
     assert np.isfinite(value) and value > 0
+    # pytorch-fid's formula: scipy's sqrtm of the singular product (rank 4 of 32) keeps ~1e-7 of round-off
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    assert np.abs(covmean.imag).max() < 1e-6
+    trace_terms = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
+    assert value == pytest.approx(trace_terms - 2 * np.trace(covmean).real, rel=1e-7)
+    # exact: with s_i = A_i^T A_i (A_i the centred rows / 2), tr (s1 s2)^1/2 is the nuclear norm of the 5 x 5 A1 A2^T
+    # (the square roots of the 28 zero eigenvalues, ~1e-16 after round-off, cost drorae ~7e-9 of the value)
+    a1, a2 = (f1 - mu1) / 2, (f2 - mu2) / 2
+    assert value == pytest.approx(trace_terms - 2 * np.linalg.svd(a1 @ a2.T, compute_uv=False).sum(), rel=2e-8)
 
 
 def test_feature_stats_streaming_matches_numpy() -> None:
