@@ -105,7 +105,14 @@ def test_parameter_count_matches_appendix_c(h):
     with torch.device("meta"):  # shapes only: 113M parameters at h = 6144 need no memory
         f = fusion(12, 768, h)
     n = sum(p.numel() for p in f.parameters())
-    assert abs(n - paper_param_count(768, 12, h)) / paper_param_count(768, 12, h) < 0.01
+    c, k = 768, 12
+    # from the layer shapes: per expert Linear(C, h) + LayerNorm(h) (weight and bias) + Linear(h, C); one router
+    # Linear(C L, L)
+    expert = (c * h + h) + 2 * h + (h * c + c)
+    assert n == k * expert + (c * k * k + k)
+    # appendix C counts L (C h + h + h C + h) + C L^2 + L: it leaves out the experts' LayerNorm (2h) and counts the
+    # output bias as h instead of C, so each expert has h + C parameters more than the formula
+    assert n - paper_param_count(c, k, h) == k * (h + c)
     assert f.router.weight.shape == (12, 768 * 12)  # C*L^2 + L router
 
 
@@ -113,7 +120,9 @@ def test_presets_give_the_papers_two_sizes():
     with torch.device("meta"):
         n29 = sum(p.numel() for p in fusion(12, 768, preset="paper-text-29m").parameters())
         n57 = sum(p.numel() for p in fusion(12, 768, preset="paper-appendix-a").parameters())
-    assert 28.3e6 < n29 < 28.8e6 and 56.6e6 < n57 < 57.1e6
+    # 12 experts of (768 h + h) + 2 h + (h 768 + 768), and the router 768 * 12 * 12 + 12
+    assert n29 == 12 * (2 * 768 * 1536 + 3 * 1536 + 768) + 768 * 144 + 12 == 28_486_668
+    assert n57 == 12 * (2 * 768 * 3072 + 3 * 3072 + 768) + 768 * 144 + 12 == 56_853_516
     assert set(FUSION_PRESETS) == {"paper-text-29m", "paper-appendix-a"}
     # an explicit size that agrees with the preset is fine; one that contradicts it names both
     assert fusion(12, 768, 1536, preset="paper-text-29m").expert_hidden == 1536
