@@ -70,6 +70,29 @@ def test_forward_noise_only_in_training(model, images):
     assert not torch.allclose(a.reconstruction, b.reconstruction)
 
 
+def test_decoder_noise_is_z_plus_sigma_eps_with_sigma_uniform_per_sample(model, images):
+    """RAE's rule, reproduced with a seeded generator: sigma ~ U(0, tau) drawn once per sample (first), then
+    eps ~ N(0, I) over the tokens; the decoder reads z + sigma * eps."""
+    tau = 0.8
+    with torch.no_grad():
+        tokens = model.encode_tokens(images)[0]  # [B, N, C], the same in train mode (no dropout in the encoder)
+        model.train()
+        out = model(images, noise_tau=tau, generator=torch.Generator().manual_seed(7))
+        g = torch.Generator().manual_seed(7)
+        sigma = tau * torch.rand(tokens.shape[0], generator=g)
+        eps = torch.randn(tokens.shape, generator=g)
+        noisy = tokens + sigma.view(-1, 1, 1) * eps
+        assert sigma[0] != sigma[1]  # one level per sample, not one per batch
+        torch.testing.assert_close(out.reconstruction, model.decode_tokens(noisy), rtol=1e-5, atol=1e-5)
+        # the config's tau is the default, and tau = 0 is the clean reconstruction
+        model.config.noise_tau = tau
+        default = model(images, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(default.reconstruction, out.reconstruction, rtol=0, atol=0)
+        clean = model(images, noise_tau=0.0, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(clean.reconstruction, model.decode_tokens(tokens), rtol=1e-5, atol=1e-5)
+        assert (out.reconstruction - clean.reconstruction).abs().max() > 1e-2
+
+
 def test_backbone_runs_without_graph_but_fusion_gets_gradients(model, images):
     model.train()
     out = model(images)
