@@ -95,6 +95,16 @@ def test_import_info_reconstruct(diffusers_rae_dir, tmp_path, capsys):
     assert code == 0
     out = Image.open(tmp_path / "rec" / "a_recon.png")
     assert out.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # original | reconstruction grid, 2 px padding
+    # the cells: the input resized to the decoder's 32 px (PIL bicubic), and decode(encode(it)) clamped, as uint8
+    grid = torch.from_numpy(np.asarray(out.convert("RGB"))).permute(2, 0, 1).int()
+    small = Image.open(tmp_path / "a.png").convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(small)).permute(2, 0, 1)[None].float() / 255
+    model = DRoRAE.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        rec = model.decode(model.encode(x)).clamp(0, 1)[0]
+    assert torch.equal(grid[:, 2:34, 2:34], (x[0] * 255).round().int())
+    assert torch.equal(grid[:, 2:34, 36:68], (rec * 255 + 0.5).floor().int())  # save_image's rounding
+    assert (grid[:, 2:34, 36:68] - grid[:, 2:34, 2:34]).abs().float().mean() > 1  # a real decoder output, not a copy
     assert not (tmp_path / "rec" / "bad_recon.png").exists()
     assert "skipped" in capsys.readouterr().err
 
