@@ -106,12 +106,34 @@ def test_switching_the_rule_of_a_loaded_model_drops_the_old_latents_statistics(d
         tok.set_latent_rule([5])
 
 
-def test_a_cache_or_dit_made_for_one_latent_refuses_another(dinov2_reg_dir):
-    fingerprints = {
-        stats_fingerprint(tokenizer(dinov2_reg_dir, layers, gm))
-        for layers, gm in ((None, False), ([2, 3], False), ([2, 3], True), ([1, 3], True))
-    }
-    assert len(fingerprints) == 4
+def test_a_cache_or_dit_made_for_one_latent_refuses_another(dinov2_reg_dir, tmp_path):
+    from drorae.generation import DiT, DiTConfig
+    from drorae.generation.latents import cache_latents
+    from drorae.generation.sampling import run_sampling
+    from drorae.generation.trainer import DiTTrainer, load_dit_config
+
+    from .generation.conftest import write_class_images
+
+    rules = ((None, False), ([2, 3], False), ([2, 3], True), ([1, 3], True))
+    fingerprints = []
+    for i, (layers, gm) in enumerate(rules):
+        tok = tokenizer(dinov2_reg_dir, layers, gm)
+        tok.save_pretrained(tmp_path / f"tok{i}")
+        fingerprints.append(stats_fingerprint(tok))
+    assert len(set(fingerprints)) == 4
+    # a DiT trained on the latents of the last rule: sampling refuses every other tokenizer before any work
+    size = dict(hidden_size=16, depth=1, num_heads=1, head_hidden_size=0, head_depth=0, head_num_heads=0)
+    dit = DiT(DiTConfig(in_channels=64, input_size=8, num_classes=2, **size))
+    dit.save_pretrained(tmp_path / "dit", extra={"fingerprint": fingerprints[3], "classes": ["a", "b"]})
+    for i in range(3):
+        with pytest.raises(ValueError, match=rf"was trained on latents with fingerprint {fingerprints[3]}, but "):
+            run_sampling(tmp_path / "dit", tmp_path / f"tok{i}", tmp_path / f"s{i}", num=1, device="cpu")
+        assert not (tmp_path / f"s{i}" / "samples.npz").exists()
+    # a latent cache of the first rule: train-dit with the layer-mean tokenizer refuses it
+    data = write_class_images(tmp_path / "data", classes=2, per_class=2)
+    cache_latents(tmp_path / "tok0", data, tmp_path / "cache", shard_size=4, batch_size=4, num_workers=0, device="cpu")
+    with pytest.raises(ValueError, match=rf"was cached from latents with fingerprint {fingerprints[0]} .* gives "):
+        DiTTrainer(load_dit_config(), tmp_path / "tok2", tmp_path / "run", latents_dir=tmp_path / "cache")
 
 
 @pytest.mark.parametrize("bad", [[0], [4], [2, 2], [], ["3"]])
