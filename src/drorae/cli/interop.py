@@ -81,6 +81,62 @@ def _cmd_import_bagel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_rae_disc(args: argparse.Namespace) -> int:
+    from ..interop.rae_stage1 import import_rae_disc
+
+    disc = import_rae_disc(
+        args.dino,
+        args.dst,
+        checkpoint=args.checkpoint,
+        recipe=args.recipe,
+        key_depths=args.key_depths,
+        ks=args.ks,
+        norm_type=args.norm_type,
+        seed=args.seed,
+    )
+    heads = sum(p.numel() for p in disc.trainable_parameters())
+    source = f"the trained heads of {args.checkpoint}" if args.checkpoint else f"fresh heads (seed {args.seed})"
+    print(
+        f"imported {args.dino} + {source} -> {args.dst}: RAE's DinoDisc ({disc.extra_repr()}), {heads:,} head "
+        f"parameters; use it as loss.disc_backbone={args.dst}"
+    )
+    return 0
+
+
+def _cmd_import_rae_stage1(args: argparse.Namespace) -> int:
+    from ..interop.rae_stage1 import import_rae_stage1
+
+    report = import_rae_stage1(
+        args.src,
+        args.dst,
+        backbone=args.backbone,
+        dino=args.dino,
+        input_size=args.input_size,
+        num_heads=args.num_heads,
+        recipe=args.recipe,
+        key_depths=args.key_depths,
+        ks=args.ks,
+        norm_type=args.norm_type,
+    )
+    print(f"imported {args.src} (epoch {report['epoch']}, step {report['step']}) -> {args.dst}")
+    print("carried over:\n" + "\n".join(f"  - {line}" for line in report["carried"]))
+    print("not carried over:\n" + "\n".join(f"  - {line}" for line in report["not_carried"]))
+    print(
+        f"continue it with: drorae train --config configs/tokenizer/rae/dinov2-b-decxl.yaml --phase 1 --data DATA "
+        f"--out {args.dst} --resume loss.disc_backbone={args.dst}/discriminator"
+    )
+    return 0
+
+
+def _add_disc_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="S_8", help="RAE's DINO recipe: S_8 (RAE's default), S_16, B_16")
+    p.add_argument(
+        "--key-depths", type=int, nargs="+", default=[2, 5, 8, 11], help="0-based DINO blocks tapped (RAE's default)"
+    )
+    p.add_argument("--ks", type=int, default=9, help="heads' residual kernel (RAE's DINOv2-B_decXL.yaml: 9)")
+    p.add_argument("--norm-type", default="bn", choices=["bn", "gn"], help="heads' normalisation (default bn)")
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "import-rae",
@@ -98,6 +154,33 @@ def add_parsers(sub) -> None:
         "--reference-backbone", action="store_true", help="reference the backbone by path instead of storing it"
     )
     p.set_defaults(func=_cmd_import_rae)
+
+    p = sub.add_parser(
+        "import-rae-disc",
+        help="convert RAE's DINO weights (+ an RAE stage-1 checkpoint's trained heads) into a discriminator dir",
+        description="Read dino_vit_small_patch8_224.pth as RAE's DinoDisc does (weights_only) and write a drorae "
+        "discriminator directory (config.json + model.safetensors) for loss.disc_backbone.",
+    )
+    p.add_argument("dino", help="RAE's DINO weights file, e.g. models/discs/dino_vit_small_patch8_224.pth")
+    p.add_argument("dst", help="output discriminator directory")
+    p.add_argument("--checkpoint", help="an RAE stage-1 checkpoint (ep-*.pt) whose disc heads to take")
+    p.add_argument("--seed", type=int, default=0, help="seed of fresh heads (without --checkpoint)")
+    _add_disc_arguments(p)
+    p.set_defaults(func=_cmd_import_rae_disc)
+
+    p = sub.add_parser(
+        "import-rae-stage1",
+        help="turn an RAE stage-1 checkpoint (ep-*.pt) into a drorae phase-1 run that `drorae train --resume` continues",
+        description="Decoder, EMA decoder, AdamW moments, discriminator heads and its optimizer, at RAE's step.",
+    )
+    p.add_argument("src", help="RAE stage-1 checkpoint (train_stage1.py's ep-*.pt)")
+    p.add_argument("dst", help="output run directory (checkpoints/, discriminator/, rae_import.json)")
+    p.add_argument("--backbone", required=True, help="the frozen backbone it was trained on (path or cached hub id)")
+    p.add_argument("--dino", required=True, help="RAE's DINO weights file (dino_vit_small_patch8_224.pth)")
+    p.add_argument("--input-size", type=int, default=224, help="backbone input size (default 224)")
+    p.add_argument("--num-heads", type=int, help="decoder heads, if the decoder width is not an RAE preset")
+    _add_disc_arguments(p)
+    p.set_defaults(func=_cmd_import_rae_stage1)
 
     p = sub.add_parser(
         "import-rae-dit",

@@ -370,7 +370,8 @@ class BaseTrainer(ABC):
         tensors, state = ckpt.read_checkpoint(path)
         if state.get("name") != self.name:
             raise ValueError(f"--resume: {path} is a checkpoint of {state.get('name')!r}, not of {self.name!r}")
-        if state["world_size"] != self.world:
+        imported = state.get("imported")  # written by an importer (e.g. import-rae-stage1): weights and optimizers only
+        if imported is None and state["world_size"] != self.world:
             raise ValueError(
                 f"--resume: {path} was written by {state['world_size']} ranks; this run has {self.world} "
                 "(the data position and each rank's RNG state are per rank)"
@@ -384,9 +385,15 @@ class BaseTrainer(ABC):
         for key, opt in self.optimizers.items():
             ckpt.unflatten_optimizer(opt, tensors, state["optimizers"][key], key)
         self.load_checkpoint_extra(tensors, state, path)
+        self.step = int(state["step"])
+        if imported is not None:
+            self.sampler.set_epoch(int(imported.get("epoch", 0)))
+            if self.is_main:
+                lines = "\n".join(f"  - {what}" for what in imported.get("not_carried", []))
+                print(f"continuing {imported['source']} at step {self.step}; not carried over:\n{lines}", flush=True)
+            return
         self.sampler.load_state_dict(state["sampler"])
         self.skips.load_state_dict(state["skips"])
-        self.step = int(state["step"])
         ckpt.restore_rng(tensors, state["rng"], self.rank)
         if self.is_main:
             print(f"resumed {self.name} from {path} at step {self.step}", flush=True)

@@ -44,11 +44,14 @@ _TOP_MAP = {
 }
 
 
-def convert_rae_decoder_state_dict(state: dict[str, Tensor], layout: str = "rae") -> dict[str, Tensor]:
+def convert_rae_decoder_state_dict(
+    state: dict[str, Tensor], layout: str = "rae", keep_pos_embed: bool = False
+) -> dict[str, Tensor]:
     """Map an RAE (``layout="rae"``) or diffusers (``"diffusers"``) decoder state dict to ours.
 
-    Keys may carry a ``decoder.`` prefix. ``decoder_pos_embed`` is fixed (sin-cos) and is dropped
-    after a shape check. Raises ``CheckpointKeyError`` naming every key that does not map.
+    Keys may carry a ``decoder.`` prefix. ``decoder_pos_embed`` is dropped (drorae recomputes the fixed sin-cos
+    table), or with ``keep_pos_embed`` kept as ``pos_embed`` (a decoder with ``learned_pos_embed``: RAE's
+    stage-1 trainer trains it). Raises ``CheckpointKeyError`` naming every key that does not map.
     """
     if layout not in _BLOCK_MAPS:
         raise ValueError(f"layout={layout!r} must be 'rae' or 'diffusers'")
@@ -59,7 +62,9 @@ def convert_rae_decoder_state_dict(state: dict[str, Tensor], layout: str = "rae"
     for key, value in state.items():
         k = key[len("decoder.") :] if key.startswith("decoder.") else key
         if k == "decoder_pos_embed":
-            continue  # fixed sin-cos, recomputed (diffusers does not even save it)
+            if keep_pos_embed:
+                out["pos_embed"] = value
+            continue  # else fixed sin-cos, recomputed (diffusers does not even save it)
         if k == "trainable_cls_token":
             out["cls_token"] = value
             continue
@@ -100,6 +105,9 @@ def export_decoder_state_dict(
     out: dict[str, Tensor] = {}
     for name, value in decoder.state_dict().items():
         value = value.detach().contiguous()
+        if name == "pos_embed":  # a learned table (RAE's stage 1 trains it)
+            out[prefix + "decoder_pos_embed"] = value
+            continue
         if name == "cls_token":
             out[prefix + "trainable_cls_token"] = value
             continue

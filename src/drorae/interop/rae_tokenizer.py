@@ -15,11 +15,13 @@ never silently re-initialised).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ..embeddings import sincos_pos_embed_2d
 from ..serialization import (
     CheckpointKeyError,
     load_safetensors,
@@ -193,8 +195,14 @@ def import_rae(
             f"decoder {src} was trained on {dcfg.num_patches} tokens; the backbone gives {bb.num_tokens} "
             f"at input_size={bb.input_size}"
         )
+    # RAE's stage-1 trainer trains decoder_pos_embed: a table that moved from its sin-cos start is kept as learned
+    table = next((v for k, v in state.items() if k.endswith("decoder_pos_embed")), None)
+    sincos = sincos_pos_embed_2d(dcfg.hidden_size, math.isqrt(dcfg.num_patches))
+    dcfg.learned_pos_embed = table is not None and not torch.allclose(
+        table.float().reshape(sincos.shape), sincos, atol=1e-5
+    )
     decoder = RAEDecoder(dcfg)
-    load_strict(decoder, convert_rae_decoder_state_dict(state, "rae"), source=src)
+    load_strict(decoder, convert_rae_decoder_state_dict(state, "rae", dcfg.learned_pos_embed), source=src)
     tok = DRoRAE(bb, decoder, fusion=None)
     if stats_pair is not None:
         tok.set_latent_stats(*stats_pair, eps=0.0)

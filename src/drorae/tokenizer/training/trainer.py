@@ -376,8 +376,11 @@ class Trainer(BaseTrainer):
         return {f"disc.{k}": v for k, v in self._disc_state().items()}, {"phase": self.phase}
 
     def load_checkpoint_extra(self, tensors: dict[str, Tensor], state: dict, path: Path) -> None:
-        if self.disc is not None:
-            load_strict(self.disc, {k[5:]: v for k, v in tensors.items() if k.startswith("disc.")}, source=path)
+        if self.disc is not None:  # the checkpoint holds the trained part; the frozen feature network is the config's
+            trained = self._disc_state()
+            state = {k: v for k, v in self.disc.state_dict().items() if k not in trained}
+            state.update({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
+            load_strict(self.disc, state, source=path)
 
     def export(self) -> Path:
         """Write the EMA weights as a save_pretrained directory (raw weights stay in the checkpoint)."""
