@@ -13,7 +13,6 @@ from drorae.generation.latents import (
     cache_latents,
     compute_latent_stats,
     list_classes,
-    raw_latents,
 )
 
 
@@ -39,15 +38,20 @@ def test_stats_equal_the_one_pass_moments_and_normalise_encode(tokenizer_dir, cl
     out = tmp_path / "tok"
     result = compute_latent_stats(tokenizer_dir, class_dir, out_dir=out, batch_size=5, num_workers=0, device="cpu")
     tok = DRoRAE.from_pretrained(tokenizer_dir)
+    # without statistics and at scale 1, encode() is the raw latent: the reference is its moments by hand
+    assert not tok.config.latent_norm and tok.config.scaling_factor == 1.0
     with torch.no_grad():
-        z = raw_latents(tok, all_images(tok, class_dir)[0]).double()
+        z = tok.encode(all_images(tok, class_dir)[0]).double()  # [18, C, h, w]
     stats = json.loads((out / "latent_stats.json").read_text())
     assert result["count"] == stats["count"] == z.shape[0] == 18
     from safetensors.torch import load_file
 
     saved = load_file(str(out / "latent_stats.safetensors"))
-    torch.testing.assert_close(saved["mean"].double(), z.mean(0), rtol=0, atol=1e-6)
-    torch.testing.assert_close(saved["var"].double(), z.var(0, unbiased=False), rtol=0, atol=1e-6)
+    mean = z.sum(0) / z.shape[0]  # per position [C, h, w] (RAE's statistics), over the images
+    var = ((z - mean) ** 2).sum(0) / z.shape[0]  # population variance
+    assert saved["mean"].shape == saved["var"].shape == z.shape[1:]
+    torch.testing.assert_close(saved["mean"].double(), mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(saved["var"].double(), var, rtol=0, atol=1e-6)
     # the tokenizer copy now normalises: (z - mean) / sqrt(var + 1e-5)
     normed = DRoRAE.from_pretrained(out)
     assert normed.config.latent_norm and normed.fusion_enabled
@@ -127,6 +131,13 @@ def test_cache_holds_encode_and_labels_resumes_and_skips_corrupt_files(tokenizer
     flipped = LatentDataset(out, random_flip=True, seed=0)
     picks = [not torch.equal(flipped[k]["latent"], ds[k]["latent"]) for k in range(len(ds))]
     assert 0 < sum(picks) < len(picks)
+    with torch.no_grad():
+        for k, i in enumerate(readable):
+            image = folder[i]["image"][None]
+            expected = tok.encode(image.flip(-1) if picks[k] else image)[0]  # encode() of the mirrored image
+            torch.testing.assert_close(flipped[k]["latent"], expected, rtol=0, atol=1e-5)
+            if picks[k]:  # not a mirror of the latent: the backbone's positions are not mirror-symmetric
+                assert (flipped[k]["latent"] - ds[k]["latent"].flip(-1)).abs().max() > 1e-3
     assert picks == [not torch.equal(LatentDataset(out, True, 0)[k]["latent"], ds[k]["latent"]) for k in range(len(ds))]
     # a rerun reuses every finished shard
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.safetensors")}
