@@ -255,3 +255,46 @@ def test_a_missing_or_extra_entry_is_named(tmp_path: Path) -> None:
             key_depths=META["dino"]["key_depths"],
             ks=META["ks"],
         )
+
+
+def test_the_rae_config_has_raes_numbers() -> None:
+    """configs/tokenizer/rae/dinov2-b-decxl.yaml against RAE's own DINOv2-B_decXL.yaml (parsed by the fixture
+    script), its epoch counts turned into steps of ImageNet-1k at global batch 512, as RAE's loader makes them."""
+    rae = META["rae_config"]
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "tokenizer" / "rae" / "dinov2-b-decxl.yaml")
+    epoch = 1_281_167 // rae["training"]["global_batch_size"]  # DataLoader(drop_last=True) on every rank
+    assert epoch == 2502 and cfg.train.batch_size * 8 == rae["training"]["global_batch_size"]
+    t, g, d = rae["training"], rae["gan"], rae["gan"]["disc"]
+    assert cfg.train.max_steps == t["epochs"] * epoch
+    assert cfg.optim.lr == t["optimizer"]["lr"] and cfg.optim.betas == t["optimizer"]["betas"]
+    assert cfg.optim.weight_decay == t["optimizer"]["weight_decay"]
+    assert cfg.optim.grad_clip == t["clip_grad"] == 0.0
+    assert cfg.optim.ema_decay == t["ema_decay"] and cfg.optim.ema_warmup is False
+    assert cfg.optim.warmup_steps == t["scheduler"]["warmup_epochs"] * epoch and t["scheduler"]["warmup_from_zero"]
+    assert cfg.optim.min_lr_ratio == pytest.approx(t["scheduler"]["final_lr"] / t["scheduler"]["base_lr"])
+    assert t["scheduler"]["decay_end_epoch"] == t["epochs"] and t["scheduler"]["type"] == "cosine"
+    assert cfg.loss.disc_lr == d["optimizer"]["lr"] and cfg.loss.disc_betas == d["optimizer"]["betas"]
+    assert cfg.loss.disc_weight_decay == d["optimizer"]["weight_decay"]
+    assert cfg.loss.disc_warmup_steps == d["scheduler"]["warmup_epochs"] * epoch
+    assert cfg.loss.disc_decay_steps == d["scheduler"]["decay_end_epoch"] * epoch
+    assert cfg.loss.disc_min_lr_ratio == pytest.approx(d["scheduler"]["final_lr"] / d["scheduler"]["base_lr"])
+    arch = d["arch"]
+    assert (cfg.loss.disc_recipe, cfg.loss.disc_ks, cfg.loss.disc_norm) == (
+        arch["recipe"],
+        arch["ks"],
+        arch["norm_type"],
+    )
+    assert arch["using_spec_norm"] and cfg.loss.disc_backbone.endswith(Path(arch["dino_ckpt_path"]).name)
+    assert cfg.loss.diffaug_prob == d["augment"]["prob"] and cfg.loss.diffaug_cutout == d["augment"]["cutout"]
+    loss = g["loss"]
+    assert (loss["disc_loss"], loss["gen_loss"], loss["disc_updates"]) == ("hinge", "vanilla", 1)
+    assert cfg.loss.gan_weight == loss["disc_weight"] and cfg.loss.perceptual_weight == loss["perceptual_weight"]
+    assert cfg.loss.max_adaptive_weight == loss["max_d_weight"] and loss["lpips_start"] == 0
+    assert cfg.loss.disc_start_step == loss["disc_start"] * epoch
+    assert cfg.loss.disc_update_start_step == loss["disc_upd_start"] * epoch
+    s1 = rae["stage_1"]["params"]
+    assert cfg.model.noise_tau == s1["noise_tau"] and cfg.model.backbone.input_size == s1["encoder_input_size"]
+    assert cfg.model.backbone.name_or_path == s1["encoder_config_path"] and cfg.model.decoder.preset == "ViT-XL"
+    assert cfg.model.decoder.learned_pos_embed  # RAE's decoder.requires_grad_(True) trains decoder_pos_embed
+    # train_stage1.py's data: Resize(384, bicubic) + RandomCrop(256), no flip, for --image-size 256
+    assert (cfg.data.crop, cfg.data.resize, cfg.data.random_flip, cfg.data.image_size) == ("random", 384, False, 256)

@@ -170,7 +170,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser(
         "import-rae-stage1",
-        help="turn an RAE stage-1 checkpoint (ep-*.pt) into a drorae phase-1 run that `drorae train --resume` continues",
+        help="turn an RAE stage-1 checkpoint (ep-*.pt) into a phase-1 run that `drorae train --resume` continues",
         description="Decoder, EMA decoder, AdamW moments, discriminator heads and its optimizer, at RAE's step.",
     )
     p.add_argument("src", help="RAE stage-1 checkpoint (train_stage1.py's ep-*.pt)")
