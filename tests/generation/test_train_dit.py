@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -163,6 +164,31 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint_intact(normed, tmp_p
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
 
 
+def first_step_terms_by_hand(normed, *overrides):
+    """(flow loss, head loss) of a DiT with a free-guidance head at its initial weights on the run's first batch:
+    x_t = (1 - t) x + t eps, the flow loss mean |v - (eps - x)|^2 and the head's mean |(x - x_hat) / max(t, 0.05)|^2,
+    t = shift(sigmoid(sqrt(2) erfinv(2u - 1))) (logit-normal) with s = sqrt(C h w / 4096)."""
+    import math
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = DiTTrainer(load_dit_config(DIT_TINY, [*FAST, *overrides]), normed / "tok", out, progress=False,
+                             latents_dir=normed / "cache")  # fmt: skip
+        batch = next(trainer._batches())
+        dit, cfg = trainer.dit, trainer.config.flow
+        assert cfg.time_distribution == "logit-normal" and cfg.shift is None and dit.training
+        s = math.sqrt(16 * 4 * 4 / 4096)
+        t = torch.sigmoid(math.sqrt(2.0) * torch.erfinv(2 * batch["u"].double() - 1))
+        t = (s * t / (1 + (s - 1) * t)).float()
+        x, eps = batch["latents"], batch["noise"]
+        tt = t.view(-1, 1, 1, 1)
+        y = torch.where(batch["drop"], torch.full_like(batch["labels"], dit.config.num_classes), batch["labels"])
+        with torch.no_grad():
+            v, x_hat = dit((1 - tt) * x + tt * eps, t, y, return_guidance=True)
+        flow = (v - (eps - x)).pow(2).mean().item()
+        head = ((x - x_hat) / tt.clamp_min(0.05)).pow(2).mean().item()
+    return flow, head
+
+
 def test_free_guidance_head_trains_with_its_weighted_loss_and_samples(normed, tmp_path):
     """train-dit with dit.guidance_head_block: the logged loss is flow + weight * head loss; sample --guidance free."""
     from drorae.cli import main
@@ -172,6 +198,11 @@ def test_free_guidance_head_trains_with_its_weighted_loss_and_samples(normed, tm
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     records = [r for r in records if "guidance_head_loss" in r]
     assert len(records) == 6 and all(r["guidance_head_loss"] > 0 for r in records)
+    # step 1 recomputed by hand: the same initial weights (the run's seed) on the same first batch
+    flow, head = first_step_terms_by_hand(normed, "dit.guidance_head_block=1", "flow.guidance_head_weight=0.5")
+    assert records[0]["step"] == 1 and head > 0.1 * flow
+    assert records[0]["guidance_head_loss"] == pytest.approx(head, rel=1e-5)
+    assert records[0]["loss"] == pytest.approx(flow + 0.5 * head, rel=1e-5)
     assert "guidance_head.linear.weight" in weights(run)
     common = ["sample", "--dit", str(run), "--tokenizer", str(normed / "tok"), "--steps", "3", "--device", "cpu"]
     common += ["--num", "3"]
