@@ -154,6 +154,10 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
         model = DRoRAE.from_config(cfg.model, backbone=backbone)
     counts = model.parameter_counts()
     assert model.decoder.config.image_size == cfg.data.image_size
+    if cfg.model.fusion is None:  # RAE's own recipe (configs/tokenizer/rae): no fusion module
+        assert path.parent.name == "rae" and model.fusion is None and model.rae_latent
+        assert model.decoder.config.hidden_size == 1152 and model.decoder.config.num_layers == 28
+        return
     assert model.fusion is not None and counts["fusion"] > 0
     if paper:  # the paper's ViT-XL decoder and the fusion size appendix C gives for its expert width
         assert model.decoder.config.hidden_size == 1152 and model.decoder.config.num_layers == 28

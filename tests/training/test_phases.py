@@ -1,5 +1,7 @@
 """Each phase trains exactly its parameter groups; frozen groups stay bit-identical."""
 
+import json
+
 import pytest
 import torch
 
@@ -105,3 +107,46 @@ def test_gradient_accumulation_of_two_equals_one_doubled_batch(image_dir, tmp_pa
             decoded[name] = DRoRAE.from_pretrained(tmp_path / name / "model").decode(latent)
     torch.testing.assert_close(decoded["two"], decoded["one"], rtol=0, atol=2e-5)
     assert (decoded["one"] - start).abs().max() > 1e-3  # the two steps did change the decoder
+
+
+@pytest.mark.slow
+def test_the_three_phases_chain_with_the_dino_discriminator(tmp_path, image_dir):
+    """Phase 1 -> 2 -> 3 through the CLI with RAE's DINO discriminator (a tiny random DINO file in RAE's layout):
+    each phase starts from the previous one's model and trained discriminator, the D step runs in every phase, and
+    the exported discriminator directory loads back equal to the trainer's."""
+    from drorae.cli import main
+    from drorae.tokenizer.losses import DinoViT, DinoViTConfig, load_discriminator
+
+    dino = tmp_path / "dino.pth"
+    torch.manual_seed(0)
+    cfg = DinoViTConfig(embed_dim=48, depth=2, num_heads=6, patch_size=16, key_depths=[0])
+    torch.save({k: 0.05 * torch.randn_like(v) for k, v in DinoViT(cfg).state_dict().items()}, dino)
+    common = [
+        "train.max_steps=2",
+        "train.checkpoint_every=100",
+        "loss.discriminator=dino",
+        f"loss.disc_backbone={dino}",
+        "loss.disc_recipe=S_16",
+        "loss.disc_key_depths=[0]",
+        "loss.disc_ks=3",
+        "loss.disc_start_step=0",
+        "loss.disc_update_start_step=0",
+    ]
+    previous = None
+    heads = None
+    for phase in ("1", "2", "3"):
+        out = tmp_path / f"p{phase}"
+        init = ["--init", str(previous)] if previous else []
+        args = ["train", "--config", str(CPU_TINY), "--phase", phase, "--data", str(image_dir), "--out", str(out)]
+        # another seed each phase: fresh heads would differ from the previous phase's
+        assert main([*args, *init, *common, f"train.seed={phase}"]) == 0
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert any("disc/d_hinge" in m for m in metrics), phase  # the discriminator step ran
+        disc = load_discriminator(out / "discriminator")
+        if heads is not None:  # carried over from the previous phase, then trained further
+            now = disc.heads.state_dict()
+            assert now.keys() == heads.keys() and any(not torch.equal(now[k], heads[k]) for k in now)
+            # two Adam steps at lr <= 2e-4 move a weight by < 1e-3; fresh heads would differ by O(0.1)
+            assert max((now[k] - heads[k]).abs().max().item() for k in now if "weight_orig" in k) < 1e-3
+        heads = {k: v.clone() for k, v in disc.heads.state_dict().items()}
+        previous = out
