@@ -96,9 +96,9 @@ def test_import_info_reconstruct(diffusers_rae_dir, tmp_path, capsys):
     out = Image.open(tmp_path / "rec" / "a_recon.png")
     assert out.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # original | reconstruction grid, 2 px padding
     # the cells: the input resized to the decoder's 32 px (PIL bicubic), and decode(encode(it)) clamped, as uint8
-    grid = torch.from_numpy(np.asarray(out.convert("RGB"))).permute(2, 0, 1).int()
+    grid = torch.from_numpy(np.array(out.convert("RGB"))).permute(2, 0, 1).int()
     small = Image.open(tmp_path / "a.png").convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(small)).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(small)).permute(2, 0, 1)[None].float() / 255
     model = DRoRAE.from_pretrained(tmp_path / "m").eval()
     with torch.no_grad():
         rec = model.decode(model.encode(x)).clamp(0, 1)[0]
