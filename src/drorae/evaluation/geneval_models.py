@@ -111,6 +111,14 @@ class ClipColors:
         for box, mask in objects:
             crop = image if mask is None else Image.composite(image, blank, Image.fromarray(np.asarray(mask, bool)))
             crops.append(crop.crop(tuple(float(v) for v in box[:4])))
-        pixels = self.processor(images=crops, return_tensors="pt")["pixel_values"].to(self.device)
+        # GenEval's CLIP transform (open_clip: torchvision Resize + CenterCrop, whose crop offset rounds where
+        # transformers' processor floors it), then the processor's rescale and normalisation only
+        from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+        side = self.processor.image_processor.crop_size["height"]
+        resize, centre = Resize(side, interpolation=InterpolationMode.BICUBIC), CenterCrop(side)
+        crops = [centre(resize(crop)) for crop in crops]
+        pixels = self.processor(images=crops, return_tensors="pt", do_resize=False, do_center_crop=False)
+        pixels = pixels["pixel_values"].to(self.device)
         features = F.normalize(_embeds(self.model.get_image_features(pixel_values=pixels)), dim=-1)
         return [COLORS[i] for i in (100.0 * features @ self.classifier(name)).argmax(1).tolist()]
