@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned here (pyproject declares a range): on this kind of machine pip takes these from local disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install lint format test test-fast demo bench-gpu clean
+.PHONY: install lint format test test-fast demo bench-gpu dry-run clean
 
 # The demo needs only the runtime dependencies; the test extras (pytest, diffusers) are added
 # by `make test`, so a first `make demo` does not spend time installing them.
@@ -49,5 +49,10 @@ demo: install
 bench-gpu: $(VENV)/.installed-test
 	$(PY) benchmarks/gpu_suite.py
 
+# every shipped paper config (three phases chained, RAE's recipe, DiT^DH-S and -XL) 2 steps at its real shapes from
+# random weights on the CPU, with its wall time and peak memory (not part of `make test`: ~10 min, ~22 GB peak)
+dry-run: $(VENV)/.installed-test
+	$(PY) benchmarks/dry_run.py --out dry-run-out
+
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out dry-run-out .pytest_cache
