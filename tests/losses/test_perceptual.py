@@ -187,3 +187,38 @@ def test_build_none_and_unknown() -> None:
     assert build_perceptual_loss("none") is None
     with pytest.raises(ValueError, match="unknown perceptual"):
         build_perceptual_loss("ssim")
+
+
+def test_lpips_equals_the_lpips_package_on_the_same_images(
+    lpips_loss: LPIPSLoss, vgg16_file: tuple[Path, dict[str, torch.Tensor]]
+) -> None:
+    """The `lpips` package's own LPIPS-VGG (its heads from its wheel, its VGG trunk given the same weights) on
+    2x - 1: drorae takes [0, 1] images and must give the same distances and input gradients."""
+    import lpips
+
+    _, saved = vgg16_file
+    ref = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    for name, module in ref.net.named_modules():
+        if isinstance(module, nn.Conv2d):  # lpips' slices keep torchvision's feature indices as module names
+            index = name.rsplit(".", 1)[1]
+            module.weight.data.copy_(saved[f"features.{index}.weight"])
+            module.bias.data.copy_(saved[f"features.{index}.bias"])
+    x, y = _images(5), _images(6).requires_grad_(True)
+    y_ref = y.detach().clone().requires_grad_(True)
+    expected = ref(x * 2 - 1, y_ref * 2 - 1).mean()
+    got = lpips_loss(x, y)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    got.backward()
+    expected.backward()
+    torch.testing.assert_close(y.grad, y_ref.grad, rtol=1e-4, atol=1e-8)
+
+
+def test_stlpips_equals_the_stlpips_package_on_the_same_images(stlpips_loss: STLPIPSLoss) -> None:
+    """stlpips-pytorch's own shift-tolerant LPIPS, loaded by the package itself (pretrained=True) and given 2x - 1."""
+    from drorae.tokenizer.losses.perceptual import _import_stlpips
+
+    stlpips = _import_stlpips()  # the package imports IPython for a debugging helper; only that is stubbed
+    ref = stlpips.LPIPS(net="vgg", variant="shift_tolerant", pretrained=True, pnet_rand=True, verbose=False).eval()
+    x, y = _images(7), _images(8)
+    expected = ref(x * 2 - 1, y * 2 - 1).mean()
+    torch.testing.assert_close(stlpips_loss(x, y), expected, rtol=1e-5, atol=1e-7)
