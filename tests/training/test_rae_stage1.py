@@ -298,3 +298,23 @@ def test_the_rae_config_has_raes_numbers() -> None:
     assert cfg.model.decoder.learned_pos_embed  # RAE's decoder.requires_grad_(True) trains decoder_pos_embed
     # train_stage1.py's data: Resize(384, bicubic) + RandomCrop(256), no flip, for --image-size 256
     assert (cfg.data.crop, cfg.data.resize, cfg.data.random_flip, cfg.data.image_size) == ("random", 384, False, 256)
+
+
+def test_import_rae_disc_with_a_checkpoint_takes_its_trained_heads(tmp_path: Path) -> None:
+    from drorae.tokenizer.losses import load_discriminator
+
+    args = ["--recipe", "S_16", "--key-depths", *map(str, META["dino"]["key_depths"]), "--ks", str(META["ks"])]
+    ckpt = FIXTURE / "ep-0000001.pt"
+    assert (
+        cli_main(
+            ["import-rae-disc", str(FIXTURE / "dino_tiny.pth"), str(tmp_path / "d"), "--checkpoint", str(ckpt), *args]
+        )
+        == 0
+    )
+    disc = load_discriminator(tmp_path / "d")
+    heads = torch.load(ckpt, weights_only=True)["disc"]
+    state = disc.state_dict()
+    assert set(heads) == {k for k in state if k.startswith("heads.")}
+    assert all(torch.equal(state[k], v) for k, v in heads.items())
+    dino = torch.load(FIXTURE / "dino_tiny.pth", weights_only=True)
+    assert torch.equal(state["dino.blocks.0.mlp.fc1.weight"], dino["blocks.0.mlp.fc1.weight"])
