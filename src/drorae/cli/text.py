@@ -30,6 +30,9 @@ def _cmd_sample_t2i(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         shift=args.shift,
+        grid=args.grid,
+        renorm_min=args.cfg_renorm_min,
+        renorm=args.cfg_renorm_type,
         seed=args.seed,
         batch_size=args.batch,
         precision=args.precision,
@@ -97,7 +100,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("T_MIN", "T_MAX"))
     p.add_argument("--sampler", default="euler", choices=["euler", "heun", "sde"])
     p.add_argument("--steps", type=int, default=50, help="grid points (RAE's num_steps; default 50)")
-    p.add_argument("--shift", type=float, help="time shift (default: the model's training shift)")
+    p.add_argument("--shift", type=float, help="time shift (default: the model's training shift; Bagel samples at 3)")
+    p.add_argument(
+        "--grid",
+        choices=["rae", "to-zero"],
+        help="time grid: rae (RAE's, the ODE default) or to-zero (Bagel's: --steps 49 = its 50 points from 1 to 0)",
+    )
+    p.add_argument(
+        "--cfg-renorm-min",
+        type=float,
+        default=1.0,
+        help="Bagel's CFG renormalisation: scale the guided velocity to at most the conditional one's norm, at least "
+        "this fraction (Bagel: 0; default 1 = off)",
+    )
+    p.add_argument("--cfg-renorm-type", default="global", choices=["global", "channel"], help="norm per image or token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=16, help="images per batch")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

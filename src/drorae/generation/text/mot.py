@@ -69,6 +69,9 @@ class MoTConfig:
     latent_patch_size: int = 1  # 1: one token per latent position (the paper: only the channel width adapts)
     max_latent_size: int | None = None  # the 2-D position table's side (default: the latent grid / patch)
     timestep_frequency_size: int = 256
+    # the timestep embedder reads time_scale * t. Bagel: 1 (t in [0, 1] on sinusoids built for a period of 10,000,
+    # a weak signal a small network barely sees); DiT-family embedders take 1000 t. Not a Bagel setting when != 1.
+    time_scale: float = 1.0
     token_ids: dict = field(default_factory=dict)  # bos, eos, vision_start, vision_end, pad
     gradient_checkpointing: bool = False
 
@@ -280,7 +283,7 @@ class MoTGenerator(nn.Module):
         cfg = self.config
         tokens = self.latent_in(patchify(x_t, cfg.latent_patch_size).to(self.latent_in.weight.dtype))
         pos = self.pos_embed[self.pos_ids]  # device buffers: no host-to-device copy per sampling step
-        return tokens + self.time_embed(t)[:, None] + pos.to(tokens.dtype)[None]
+        return tokens + self.time_embed(t * cfg.time_scale)[:, None] + pos.to(tokens.dtype)[None]
 
     def markers(self, batch: int, device: torch.device) -> Tensor:
         ids = torch.tensor([self.config.token_ids["vision_start"], self.config.token_ids["vision_end"]], device=device)
