@@ -109,39 +109,96 @@ def diffusers_rae_dir(tmp_path):
 
 
 # -- fast and slow tests ----------------------------------------------------------------------------------------
-# `make test-fast` runs `pytest -m "not slow"`: the unit tests. Slow = starts subprocesses or torchrun ranks,
-# trains through the CLI end to end, compiles, or runs an Inception network (tests/README.md lists them).
-SLOW_MODULES = {
-    "demo/test_pipeline.py",  # the whole demo (quick plan) and its generation stage
-    "demo/test_backbone.py",  # backbone pretraining and its cache
-    "training/test_distributed.py",  # torchrun ranks, SIGKILL + resume
-    "training/test_resume.py",  # SIGKILL + resume in a subprocess
-    "training/test_sweeps.py",  # scaling / ablation sweeps of real trainings
-    "generation/test_train_dit.py",  # train-dit runs, torchrun, SIGKILL + resume
-    "generation/test_sampling.py",  # stats -> cache -> train-dit -> sample pipeline, torchrun sampling, real gFID
-    "generation/test_eval_gen.py",  # torch-fidelity's Inception at 299 px
-    "test_evaluation.py",  # drorae eval end to end, torchrun, the real Inception network
-    "demo/test_t2i_demo.py",  # the whole text-to-image demo (quick plan)
-    "generation/test_train_t2i.py",  # train-t2i / sample-t2i runs, torchrun, SIGKILL + resume
-}
-SLOW_TESTS = {
-    "test_fusion.py::test_compiled_fusion_matches_eager_forward_and_gradients",  # torch.compile
-    "generation/test_latents.py::test_stats_of_two_torchrun_ranks_equal_one_process",
-    "test_tokenizer.py::test_the_model_package_does_not_import_the_training_code",  # a fresh interpreter
-    "test_cli.py::test_console_script_is_installed_or_module_runs",  # a fresh interpreter
-    "generation/test_import_rae_dit.py::test_rae_generators_end_to_end_on_cpu",
-    "test_benchmarks.py::test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes",  # six subprocesses
-    "test_geneval.py::test_eval_geneval_runs_end_to_end_on_tiny_random_models",  # Mask2Former + CLIP on CPU
-    "test_geneval.py::test_missing_models_and_unknown_classes_are_named",
+# `make test-fast` runs `pytest -m "not slow"`: the unit tests. Slow, test by test (tests/README.md): starts
+# subprocesses (torchrun ranks, DataLoader or job workers, a fresh interpreter), SIGKILL + resume, trains or runs a
+# whole CLI pipeline end to end, compiles, or runs a real Inception (or VGG) network; or takes seconds for another
+# reason. `pytest --durations=0` decided the rest: the millisecond tests of the same files stay fast. A name
+# without `[...]` marks every parametrization; an entry no test matches is an error (the list cannot go stale).
+SLOW = {
+    # the demo (tests/demo)
+    "demo/test_pipeline.py::test_demo_writes_every_artifact": "the whole demo (quick plan)",
+    "demo/test_pipeline.py::test_report_json_shape_and_markdown_shows_its_numbers": "the whole demo (its fixture)",
+    "demo/test_pipeline.py::test_shared_backbone_evaluation_equals_scoring_each_model_alone": "the demo's evaluation",
+    "demo/test_pipeline.py::test_several_seeds_report_mean_and_spread": "the whole demo, two seeds",
+    "demo/test_pipeline.py::test_generation_demo_on_the_demo_tokenizers": "the demo and its generation stage",
+    "demo/test_backbone.py::test_quick_pretraining_caches_loads_and_never_sees_heldout": "backbone pretraining",
+    "demo/test_t2i_demo.py::test_quick_t2i_demo_reports_ceiling_scores_and_margins": "the whole t2i demo",
+    "demo/test_t2i_demo.py::test_renoise_probe_ends_on_the_reconstructions_at_t0_0_and_on_sample_t2i_at_t0_1": "trains",
+    "demo/test_jobs.py::test_jobs_run_after_their_dependencies[2]": "two worker processes",
+    "demo/test_jobs.py::test_a_failing_job_is_named_and_bad_graphs_are_refused": "two worker processes",
+    "demo/test_photos.py::test_random_crops_are_deterministic_per_seed_epoch_index": "DataLoader workers",
+    # the tokenizer's trainer
+    "training/test_distributed.py::test_torchrun_two_ranks_phase2": "torchrun",
+    "training/test_distributed.py::test_two_processes_equal_one_process_with_the_doubled_batch": "torchrun",
+    "training/test_distributed.py::test_torchrun_killed_mid_run_resumes_to_the_same_weights": "torchrun, SIGKILL",
+    "training/test_resume.py::test_sigkill_then_resume_equals_uninterrupted_run": "SIGKILL + resume in a subprocess",
+    "training/test_sweeps.py::test_scaling_command_fits_and_draws_a_2x2_grid_and_skips_finished_points": "trains",
+    "training/test_sweeps.py::test_ablation_command_runs_every_table_once_per_distinct_run": "trains every cell",
+    "training/test_data_and_config.py::test_unreadable_and_odd_images_train_and_two_are_reported": "CLI, workers",
+    "test_data.py::test_dataloader_with_workers_skips_exactly_the_unreadable_files": "DataLoader workers",
+    "test_data.py::test_flips_depend_only_on_seed_epoch_index": "DataLoader workers",
+    # stage 2
+    "generation/test_train_dit.py::test_gradient_accumulation_of_two_equals_one_doubled_batch": "trains twice",
+    "generation/test_train_dit.py::test_cached_latents_train_the_same_weights_as_on_the_fly_encoding": "trains twice",
+    "generation/test_train_dit.py::test_sigkill_then_resume_equals_the_uninterrupted_run": "SIGKILL + resume",
+    "generation/test_train_dit.py::test_two_torchrun_processes_equal_one_process_with_the_doubled_batch": "torchrun",
+    "generation/test_train_dit.py::test_free_guidance_head_trains_with_its_weighted_loss_and_samples": "trains",
+    "generation/test_sampling.py::test_sample_writes_the_adm_npz_and_does_not_depend_on_the_batch": "CLI pipeline",
+    "generation/test_sampling.py::test_guidance_of_the_cli": "stats -> cache -> train-dit -> sample pipeline",
+    "generation/test_sampling.py::test_two_torchrun_ranks_write_the_samples_of_one": "torchrun sampling",
+    "generation/test_sampling.py::test_eval_gen_of_a_set_against_itself": "stats -> ... -> eval-gen pipeline",
+    "generation/test_sampling.py::test_gfid_with_the_real_inception_network": "real Inception at 299 px",
+    "generation/test_sampling.py::test_sampling_json_records_the_shift_that_was_used": "CLI pipeline",
+    "generation/test_eval_gen.py::test_inception_score_and_kid_equal_torch_fidelitys": "torch-fidelity's Inception",
+    "generation/test_latents.py::test_stats_of_two_torchrun_ranks_equal_one_process": "torchrun",
+    "generation/test_import_rae_dit.py::test_rae_generators_end_to_end_on_cpu": "RAE's generators end to end",
+    "generation/test_train_t2i.py::test_a_corrupt_pair_is_skipped_and_counted_and_an_uncaptioned_image_left_out": "",
+    "generation/test_train_t2i.py::test_training_from_a_caption_cache_equals_encoding_every_step": "trains twice",
+    "generation/test_train_t2i.py::test_gradient_accumulation_of_two_equals_one_doubled_batch": "trains twice",
+    "generation/test_train_t2i.py::test_gen_mode_trains_only_the_generation_expert": "trains",
+    "generation/test_train_t2i.py::test_sample_t2i_writes_genevals_layout_resumes_and_seeds_per_image": "trains",
+    "generation/test_train_t2i.py::test_sigkill_then_resume_equals_the_uninterrupted_run": "SIGKILL + resume",
+    "generation/test_train_t2i.py::test_two_torchrun_processes_equal_one_process_with_the_doubled_batch": "torchrun",
+    "generation/test_cli_flags.py::test_sample_seed_shift_and_precision": "stats -> cache -> train-dit -> sample",
+    "generation/test_cli_flags.py::test_sample_t2i_interval_sampler_and_shift": "trains, then samples 4 times",
+    # evaluation
+    "test_evaluation.py::test_eval_writes_the_npz_and_scores_it_the_way_rae_does": "real Inception, ST-LPIPS",
+    "test_evaluation.py::test_two_process_eval_equals_one_process": "torchrun",
+    "test_evaluation.py::test_ref_npz_without_statistics_uses_the_users_inception_file": "real Inception",
+    "test_metrics.py::test_real_inception_features_are_deterministic_across_batch_sizes": "real Inception at 299 px",
+    "test_geneval.py::test_eval_geneval_runs_end_to_end_on_tiny_random_models": "Mask2Former + CLIP on CPU",
+    "test_geneval.py::test_missing_models_and_unknown_classes_are_named": "Mask2Former + CLIP on CPU",
+    # the rest
+    "test_fusion.py::test_compiled_fusion_matches_eager_forward_and_gradients": "torch.compile",
+    "test_tokenizer.py::test_the_model_package_does_not_import_the_training_code": "a fresh interpreter",
+    "test_cli.py::test_console_script_is_installed_or_module_runs": "a fresh interpreter",
+    "test_cli.py::test_eval_num_fusion_and_lpips_vgg": "eval end to end with LPIPS-VGG, twice",
+    "test_benchmarks.py::test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes": "six subprocesses",
 }
 
 
 def pytest_collection_modifyitems(config, items):
-    root = os.path.dirname(__file__)
+    root = Path(__file__).parent
+    matched, files = set(), set()
     for item in items:
-        rel = os.path.relpath(str(item.path), root).replace(os.sep, "/")
-        if rel in SLOW_MODULES or f"{rel}::{item.name.split('[')[0]}" in SLOW_TESTS:
-            item.add_marker(pytest.mark.slow)
+        rel = Path(item.path).relative_to(root).as_posix()
+        files.add(rel)
+        for key in (f"{rel}::{item.name}", f"{rel}::{item.name.split('[')[0]}"):
+            if key in SLOW:
+                item.add_marker(pytest.mark.slow)
+                matched.add(key)
+    # a file collected whole must use every entry that names it (a renamed or deleted test leaves no stale entry)
+    whole = {Path(str(a).split("::")[0]).resolve() for a in config.args if "::" not in str(a)}
+    stale = [
+        k
+        for k in SLOW
+        if k not in matched
+        and k.split("::")[0] in files
+        and any(d == (root / k.split("::")[0]) or d in (root / k.split("::")[0]).parents for d in whole)
+        and not config.option.keyword
+    ]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {stale}")
     _check_cli_runs_last(config, items)
 
 
