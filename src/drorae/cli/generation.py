@@ -19,6 +19,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         num_workers=args.num_workers,
         device=args.device,
+        sample_posterior=args.sample_posterior,
     )
     if result is not None:
         print(
@@ -43,6 +44,8 @@ def _cmd_cache_latents(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         num_workers=args.num_workers,
         device=args.device,
+        sample_posterior=args.sample_posterior,
+        seed=args.seed,
     )
     if meta is not None:
         print(
@@ -61,7 +64,13 @@ def _cmd_train_dit(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_dit_config(args.config, args.overrides)
     trainer = DiTTrainer(
-        cfg, args.tokenizer, args.out, data_dir=args.data, latents_dir=args.latents, resume=args.resume
+        cfg,
+        args.tokenizer,
+        args.out,
+        data_dir=args.data,
+        latents_dir=args.latents,
+        resume=args.resume,
+        sample_posterior=args.sample_posterior,
     )
     try:
         trainer.run(max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
@@ -132,13 +141,20 @@ def add_parsers(sub) -> None:
         "sub-folders or a caption folder; labels are not read) or shards (ADM centre crop), "
         "merge exact moments across torchrun ranks, and store (z - mean) / sqrt(var + 1e-5) as its normalisation.",
     )
-    p.add_argument("--model", required=True, help="DRoRAE directory (updated in place unless --out is given)")
+    p.add_argument(
+        "--model", required=True, help="DRoRAE or diffusers VAE directory (updated in place unless --out is given)"
+    )
     p.add_argument("--data", required=True, help="images at any depth (ImageNet train, a caption folder) or shards")
     p.add_argument("--out", help="write a copy of the tokenizer with the statistics here instead")
     p.add_argument("--fusion", choices=["on", "off"], help="fusion on or off (default: as saved)")
     p.add_argument("--flip", action="store_true", help="include every image's mirror image (training flips)")
     p.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
+    p.add_argument(
+        "--sample-posterior",
+        action="store_true",
+        help="a VAE's latent is a draw from its posterior (default: the posterior mean)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=_cmd_stats)
 
@@ -146,7 +162,7 @@ def add_parsers(sub) -> None:
         "cache-latents",
         help="encode a class-folder (or caption) image set once into sharded safetensors latents (resumable, torchrun)",
     )
-    p.add_argument("--model", required=True, help="DRoRAE directory (with its latent statistics)")
+    p.add_argument("--model", required=True, help="DRoRAE (with its latent statistics) or diffusers VAE directory")
     p.add_argument("--data", required=True, help="image folder with class sub-folders (or, with --captions, pairs)")
     p.add_argument("--out", required=True, help="cache directory (shards + meta.json)")
     p.add_argument("--flip", action="store_true", help="also store the latents of the mirror images")
@@ -158,6 +174,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="stored dtype")
     p.add_argument("--num-workers", type=int, default=2, help="data loading processes (default 2)")
+    p.add_argument(
+        "--sample-posterior",
+        action="store_true",
+        help="a VAE's latent is a draw from its posterior (default: the posterior mean)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=_cmd_cache_latents)
 
@@ -167,7 +189,9 @@ def add_parsers(sub) -> None:
         description="Train the stage-2 generator. Latents are encoded on the fly from --data (class sub-folders) "
         "or read from a cache-latents --latents directory. Extra key=value arguments override the config.",
     )
-    p.add_argument("--tokenizer", required=True, help="DRoRAE directory whose latent space the DiT models")
+    p.add_argument(
+        "--tokenizer", required=True, help="DRoRAE or diffusers VAE directory whose latent space the DiT models"
+    )
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--data", help="image folder with class sub-folders (encoded on the fly)")
     group.add_argument("--latents", help="a drorae cache-latents directory")
@@ -176,6 +200,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule spans train.max_steps)")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint interval in steps")
+    p.add_argument(
+        "--sample-posterior",
+        action="store_true",
+        help="a VAE's latent is a draw from its posterior when encoding --data on the fly (default: the mean)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_train_dit)
 
@@ -184,7 +213,7 @@ def add_parsers(sub) -> None:
         help="class-conditional samples of a trained DiT as PNGs and an ADM npz (CFG / AutoGuidance, torchrun)",
     )
     p.add_argument("--dit", required=True, help="train-dit output (its model/ directory or the run directory)")
-    p.add_argument("--tokenizer", required=True, help="the DRoRAE directory the DiT was trained on")
+    p.add_argument("--tokenizer", required=True, help="the tokenizer directory (DRoRAE or VAE) the DiT was trained on")
     p.add_argument("--guide", help="guide DiT for --guidance autoguidance (smaller or earlier)")
     p.add_argument(
         "--guidance",

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from torch import Tensor
 from ..data.adm import adm_item
 from ..data.folders import EpochSeededDataset, derive_seed, list_images, sample_generator
 from ..serialization import read_json, save_safetensors
+from ..tokenizer.interface import latent_fingerprint
 
 STATS_NAME = "latent_stats.safetensors"
 META_NAME = "meta.json"
@@ -166,38 +166,14 @@ class LatentMoments:
 
 def raw_latents(tokenizer, images: Tensor) -> Tensor:
     """The tokenizer's latent ``[B, C, h, w]`` *before* its normalisation (fusion as configured)."""
-    tokens = tokenizer.encode_tokens(images)[0]
-    b, n, c = tokens.shape
-    side = math.isqrt(n)
-    return tokens.transpose(1, 2).reshape(b, c, side, side)
+    return tokenizer.raw_latents(images)
 
 
 def stats_fingerprint(tokenizer) -> str:
-    """A short hash of how a tokenizer turns images into latents (base-latent rule, fusion switch, normalisation
-    buffers), so a latent cache or a DiT trained on one latent is not used with another."""
-    cfg = tokenizer.config
-    stats = (tokenizer.latent_mean, tokenizer.latent_std) if cfg.latent_norm else None
-    rule = None if tokenizer.rae_latent else (tokenizer.latent_layers, tokenizer.latent_global_mean)
-    return latent_fingerprint(cfg.fusion_enabled, cfg.latent_std_eps, cfg.scaling_factor, stats, rule)
-
-
-def latent_fingerprint(
-    fusion_enabled: bool,
-    std_eps: float,
-    scaling_factor: float,
-    stats: tuple[Tensor, Tensor] | None,
-    latent_rule: tuple[list[int], bool] | None = None,
-) -> str:
-    """:func:`stats_fingerprint` from its parts (``stats``: the (mean, std) buffers, ``None`` without normalisation;
-    ``latent_rule``: a layer-mean base latent's ``(layers, global_mean)``, ``None`` for RAE's, which keeps the
-    fingerprints of earlier versions), for a DiT whose tokenizer is not at hand (``drorae import-rae-dit --stats``)."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([fusion_enabled, stats is not None, std_eps, scaling_factor]).encode())
-    if latent_rule is not None:
-        digest.update(json.dumps({"latent_layers": list(latent_rule[0]), "global_mean": latent_rule[1]}).encode())
-    for value in stats or ():
-        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A short hash of how a tokenizer turns images into latents (:meth:`Tokenizer.fingerprint
+    <drorae.tokenizer.interface.Tokenizer.fingerprint>`), so a latent cache or a DiT trained on one latent is not
+    used with another."""
+    return tokenizer.fingerprint()
 
 
 def _progress(items, desc: str, show: bool):
@@ -229,6 +205,8 @@ def compute_latent_stats(
     num_workers: int = 2,
     device: str = "auto",
     progress: bool | None = None,
+    sample_posterior: bool = False,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
     """``drorae stats``: exact per-position mean/var of the tokenizer's (un-normalised) latents over a folder
     of images at any depth (class sub-folders or not) or shards; labels are not read.
@@ -236,17 +214,18 @@ def compute_latent_stats(
     Ranks of a ``torchrun`` job take interleaved slices and their moments are merged in rank order. The result
     is stored with the tokenizer (``latent_stats.safetensors``: mean, var, count; and as its normalisation
     ``(z - mean) / sqrt(var + 1e-5)``), in ``model_dir`` itself or in a copy at ``out_dir``.
-    ``flip`` adds every image's mirror image (RAE's training transform flips).
+    ``flip`` adds every image's mirror image (RAE's training transform flips). A diffusers VAE stores per-channel
+    statistics instead (:meth:`~drorae.tokenizer.vae.DiffusersVAETokenizer.store_latent_stats`).
     """
     from ..engine.distributed import setup_distributed
-    from ..tokenizer.model import DRoRAE
+    from ..tokenizer.factory import load_tokenizer, tokenizer_class
 
     dist = setup_distributed(device)
-    model_dir = Path(model_dir)
-    tokenizer = DRoRAE.from_pretrained(model_dir, map_location=dist.device).eval()
-    if fusion is not None:
-        tokenizer.fusion_enabled = fusion
-    dataset = LabeledImageFolder(data_dir, tokenizer.decoder.config.image_size, labels=False)  # labels unused
+    model_dir = tokenizer_class(model_dir)[1]
+    tokenizer = load_tokenizer(
+        model_dir, map_location=dist.device, fusion=fusion, sample_posterior=sample_posterior, image_size=image_size
+    )
+    dataset = LabeledImageFolder(data_dir, tokenizer.image_size, labels=False)  # labels unused
     moments, skipped = LatentMoments(), []
     show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     loader = _loader(dataset, range(dist.rank, len(dataset), dist.world_size), batch_size, num_workers)
@@ -267,8 +246,12 @@ def compute_latent_stats(
     if dist.is_main:
         if merged.count == 0:
             raise ValueError(f"no readable images under {data_dir} ({len(skipped)} skipped)")
-        result = store_latent_stats(tokenizer, model_dir, merged, out_dir)
+        if hasattr(tokenizer, "store_latent_stats"):  # a VAE: per-channel statistics beside its weights
+            result = tokenizer.store_latent_stats(merged.mean, merged.var, merged.count, model_dir, out_dir)
+        else:
+            result = store_latent_stats(tokenizer, model_dir, merged, out_dir)
         result.update(images=len(dataset) - len(skipped), skipped_files=len(skipped), flip=flip, data=str(data_dir))
+        result.update(sample_posterior=sample_posterior)
         target = Path(out_dir) if out_dir else model_dir
         (target / "latent_stats.json").write_text(json.dumps(result, indent=2) + "\n")
     dist.barrier()
@@ -333,21 +316,27 @@ def cache_latents(
     num_workers: int = 2,
     device: str = "auto",
     progress: bool | None = None,
+    sample_posterior: bool = False,
+    image_size: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any] | None:
     """``drorae cache-latents``: the tokenizer's ``encode`` (normalised, as training sees it) of every image,
     with its label, in shards of ``shard_size`` images; ``flip`` also stores the latent of the mirror image
     (``latents_flipped``), which training then picks with probability 1/2. ``captions``: ``data_dir`` is a caption
     set (a folder of ``name.jpg`` + ``name.txt`` or caption shards) and row ``indices`` are its pair indices, for
-    ``train-t2i --latents`` (which reads the captions from the same set). Returns ``meta.json`` on rank 0."""
+    ``train-t2i --latents`` (which reads the captions from the same set). ``sample_posterior``: a VAE's latents are
+    draws from its posterior (seeded by ``seed`` and the shard), not its mean. Returns ``meta.json`` on rank 0."""
     from ..engine.distributed import setup_distributed
-    from ..tokenizer.model import DRoRAE
+    from ..tokenizer.factory import load_tokenizer
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"--dtype {dtype!r} is not float32, bfloat16 or float16")
     dist = setup_distributed(device)
     out = Path(out_dir)
-    tokenizer = DRoRAE.from_pretrained(model_dir, map_location=dist.device).eval()
-    size = tokenizer.decoder.config.image_size
+    tokenizer = load_tokenizer(
+        model_dir, map_location=dist.device, sample_posterior=sample_posterior, image_size=image_size
+    )
+    size = tokenizer.image_size
     if captions:
         from ..data.captions import CaptionedImages
 
@@ -360,6 +349,8 @@ def cache_latents(
     show = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     store = getattr(torch, dtype)
     for k in _progress(pending, "latent shards", show):
+        if sample_posterior:  # a shard's draws depend on (seed, shard) only: a resumed cache equals an unbroken one
+            tokenizer.generator = torch.Generator(dist.device).manual_seed(derive_seed(seed, 3, k))
         parts: dict[str, list[Tensor]] = {}
         skipped: list[str] = []
         for batch in _loader(
@@ -386,19 +377,21 @@ def cache_latents(
         for k in range(num_shards):
             counts.append(_shard_rows(_shard_file(out, k)))
             skipped += len(json.loads(_shard_file(out, k).with_suffix(".json").read_text())["skipped"])
-        g = tokenizer.backbone.grid_size
+        info = tokenizer.latent_info()
         meta = {
             "classes": dataset.classes,
             "num_latents": sum(counts),
             "shard_rows": counts,
-            "latent_shape": [tokenizer.backbone.hidden_size, g, g],
+            "latent_shape": list(tokenizer.latent_shape),
             "dtype": dtype,
             "flip": flip,
             "skipped_files": skipped,
             "tokenizer": str(model_dir),
             "fingerprint": stats_fingerprint(tokenizer),
-            "fusion_enabled": tokenizer.fusion_enabled,
-            "latent_norm": tokenizer.config.latent_norm,
+            "fusion_enabled": info["fusion_enabled"],
+            "latent_norm": info["latent_norm"],
+            "tokenizer_kind": info["kind"],
+            "sample_posterior": sample_posterior,
             "data": str(data_dir),
             "captions": captions,
             "num_images": len(dataset),  # the pairs of a caption set: what train-t2i checks its --data against
@@ -508,6 +501,7 @@ __all__ = [
     "cache_latents",
     "collate_samples",
     "compute_latent_stats",
+    "latent_fingerprint",
     "list_classes",
     "raw_latents",
     "stats_fingerprint",

@@ -92,8 +92,7 @@ class SampleGenerators:
 def _check_pair(dit: DiT, tokenizer, dit_dir: str | Path, tokenizer_dir: str | Path) -> None:
     from .latents import stats_fingerprint
 
-    bb = tokenizer.backbone
-    shape = [bb.hidden_size, bb.grid_size, bb.grid_size]
+    shape = list(tokenizer.latent_shape)
     cfg = dit.config
     if [cfg.in_channels, cfg.input_size, cfg.input_size] != shape:
         raise ValueError(
@@ -104,7 +103,7 @@ def _check_pair(dit: DiT, tokenizer, dit_dir: str | Path, tokenizer_dir: str | P
     if trained_on is not None and trained_on != stats_fingerprint(tokenizer):
         raise ValueError(
             f"{dit_dir} was trained on latents with fingerprint {trained_on}, but {tokenizer_dir} gives "
-            f"{stats_fingerprint(tokenizer)} (other latent statistics or fusion switch)"
+            f"{stats_fingerprint(tokenizer)} (another tokenizer, other latent statistics or fusion switch)"
         )
 
 
@@ -153,7 +152,7 @@ def run_sampling(
     """``drorae sample``: write ``samples.npz``, ``images/*.png``, ``grid.png`` and ``sampling.json``;
     returns the summary on rank 0 (``None`` on other ranks)."""
     from ..engine.distributed import setup_distributed
-    from ..tokenizer.model import DRoRAE
+    from ..tokenizer.factory import load_tokenizer
 
     s = settings or SampleSettings()
     if s.guidance not in GUIDANCE:
@@ -163,7 +162,7 @@ def run_sampling(
     dist = setup_distributed(device)
     dev = dist.device
     dit = DiT.from_pretrained(dit_dir, map_location=dev).eval()
-    tokenizer = DRoRAE.from_pretrained(tokenizer_dir, map_location=dev).eval()
+    tokenizer = load_tokenizer(tokenizer_dir, map_location=dev)
     _check_pair(dit, tokenizer, dit_dir, tokenizer_dir)
     if s.guidance == "free" and not dit.has_guidance_head:
         raise ValueError(

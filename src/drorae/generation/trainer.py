@@ -105,8 +105,9 @@ class DiTTrainer(BaseTrainer):
         latents_dir: str | Path | None = None,
         resume: bool = False,
         progress: bool | None = None,
+        sample_posterior: bool = False,
     ):
-        from ..tokenizer.model import DRoRAE
+        from ..tokenizer.factory import load_tokenizer
 
         if (data_dir is None) == (latents_dir is None):
             raise ValueError("train-dit needs exactly one of --data (class folders) or --latents (a cache-latents dir)")
@@ -115,12 +116,12 @@ class DiTTrainer(BaseTrainer):
         )
         self.collate_fn = collate_samples
         self.tokenizer_dir = Path(tokenizer_dir)
-        self.tokenizer = DRoRAE.from_pretrained(tokenizer_dir, map_location=self.device).eval()
+        self.tokenizer = load_tokenizer(tokenizer_dir, map_location=self.device, sample_posterior=sample_posterior)
         self.tokenizer.requires_grad_(False)
-        bb = self.tokenizer.backbone
-        self.latent_shape = (bb.hidden_size, bb.grid_size, bb.grid_size)
+        self.latent_shape = tuple(self.tokenizer.latent_shape)
         self.fingerprint = stats_fingerprint(self.tokenizer)
-        if not self.tokenizer.config.latent_norm and self.is_main:
+        info = self.tokenizer.latent_info()
+        if info["kind"] == "DRoRAE" and not info["latent_norm"] and self.is_main:
             print(
                 f"note: {tokenizer_dir} has no latent statistics; run `drorae stats` first for RAE's per-position "
                 "normalisation (training continues on un-normalised latents)",
@@ -134,12 +135,12 @@ class DiTTrainer(BaseTrainer):
             if base.meta["fingerprint"] != self.fingerprint:
                 raise ValueError(
                     f"{latents_dir} was cached from latents with fingerprint {base.meta['fingerprint']} "
-                    f"({base.meta['tokenizer']}), but {tokenizer_dir} gives {self.fingerprint} (other latent "
-                    "statistics or fusion switch): re-run cache-latents"
+                    f"({base.meta['tokenizer']}), but {tokenizer_dir} gives {self.fingerprint} (another tokenizer, "
+                    "other latent statistics or fusion switch): re-run cache-latents"
                 )
             self.encode_on_the_fly = False
         else:
-            size = self.tokenizer.decoder.config.image_size
+            size = self.tokenizer.image_size
             base = LabeledImageFolder(data_dir, size, random_flip=cfg.data.random_flip, seed=seed)
             self.encode_on_the_fly = True
         self.classes = list(base.classes)
@@ -233,7 +234,8 @@ class DiTTrainer(BaseTrainer):
         print(
             f"train-dit: {kind} trunk {d.hidden_size}x{d.depth}, {self.dit.parameter_count():,} parameters; latent "
             f"{list(self.latent_shape)} ({'encoded on the fly' if self.encode_on_the_fly else 'cached'}); "
-            f"{len(self.classes)} classes; shift {self.shift:.3f}; precision={'bf16' if self.bf16 else 'fp32'}; "
+            f"{len(self.classes)} classes; patch {d.patch_size}; shift {self.shift:.3f}; "
+            f"precision={'bf16' if self.bf16 else 'fp32'}; "
             f"world_size={self.world}",
             flush=True,
         )
@@ -243,6 +245,7 @@ class DiTTrainer(BaseTrainer):
         return {
             "classes": self.classes,
             "tokenizer": str(self.tokenizer_dir),
+            "tokenizer_kind": self.tokenizer.latent_info()["kind"],
             "fingerprint": self.fingerprint,
             "latent_shape": list(self.latent_shape),
             "shift": self.shift,

@@ -32,6 +32,7 @@ from ..serialization import load_safetensors, load_strict, read_json, save_safet
 from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, base_latent, build_backbone, check_backbone
 from .decoder import DecoderConfig, RAEDecoder
 from .fusion import DepthRoutedFusion, FusionConfig, FusionOutput
+from .interface import latent_fingerprint
 
 T = TypeVar("T")
 
@@ -249,6 +250,33 @@ class DRoRAE(nn.Module):
         if self.config.latent_norm:
             z = z * (self.latent_std.to(z.dtype) + self.config.latent_std_eps) + self.latent_mean.to(z.dtype)
         return z.flatten(2).transpose(1, 2)
+
+    # -- the tokenizer interface (drorae.tokenizer.interface.Tokenizer) --------------------------
+    @property
+    def image_size(self) -> int:
+        return self.decoder.config.image_size
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        g = self.backbone.grid_size
+        return (self.backbone.hidden_size, g, g)
+
+    def raw_latents(self, images: Tensor) -> Tensor:
+        """The latent ``[B, C, h, w]`` *before* normalisation (fusion as configured)."""
+        tokens = self.encode_tokens(images)[0]
+        b, n, c = tokens.shape
+        side = math.isqrt(n)
+        return tokens.transpose(1, 2).reshape(b, c, side, side)
+
+    def fingerprint(self) -> str:
+        """Base-latent rule, fusion switch and normalisation buffers, hashed (the backbone is not: it is frozen)."""
+        cfg = self.config
+        stats = (self.latent_mean, self.latent_std) if cfg.latent_norm else None
+        rule = None if self.rae_latent else (self.latent_layers, self.latent_global_mean)
+        return latent_fingerprint(cfg.fusion_enabled, cfg.latent_std_eps, cfg.scaling_factor, stats, rule)
+
+    def latent_info(self) -> dict:
+        return {"kind": "DRoRAE", "fusion_enabled": self.fusion_enabled, "latent_norm": self.config.latent_norm}
 
     def add_latent_noise(self, tokens: Tensor, noise_tau: float, generator: torch.Generator | None = None) -> Tensor:
         """RAE's decoder noise augmentation: z + sigma * eps, sigma ~ U(0, noise_tau) per sample."""

@@ -137,20 +137,20 @@ def load_t2i(model_dir: str | Path, tokenizer_dir: str | Path, device: torch.dev
     """The MoT, its caption tokenizer (saved beside it) and the image tokenizer, checked to belong together."""
     from ...data.captions import CaptionTokenizer
     from ...serialization import model_dir as resolve
-    from ...tokenizer.model import DRoRAE
+    from ...tokenizer.factory import load_tokenizer
     from ..latents import stats_fingerprint
 
     model_dir = resolve(model_dir)
     model = MoTGenerator.from_pretrained(model_dir, map_location=device).eval()
     extra = MoTGenerator.read_extra(model_dir)
     text = CaptionTokenizer(model_dir / "text_tokenizer", extra.get("max_text_tokens", 128))
-    tokenizer = DRoRAE.from_pretrained(tokenizer_dir, map_location=device).eval()
-    bb = tokenizer.backbone
+    tokenizer = load_tokenizer(tokenizer_dir, map_location=device)
+    c, h, w = tokenizer.latent_shape
     cfg = model.config
-    if [cfg.latent_channels, cfg.latent_size] != [bb.hidden_size, bb.grid_size]:
+    if [cfg.latent_channels, cfg.latent_size, cfg.latent_size] != [c, h, w]:
         raise ValueError(
             f"{model_dir} generates latents [{cfg.latent_channels}, {cfg.latent_size}, {cfg.latent_size}], but "
-            f"{tokenizer_dir} decodes [{bb.hidden_size}, {bb.grid_size}, {bb.grid_size}]"
+            f"{tokenizer_dir} decodes [{c}, {h}, {w}]"
         )
     trained_on = extra.get("fingerprint")
     if trained_on is not None and trained_on != stats_fingerprint(tokenizer):

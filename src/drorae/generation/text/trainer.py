@@ -162,17 +162,16 @@ class T2ITrainer(BaseTrainer):
         resume: bool = False,
         progress: bool | None = None,
     ):
-        from ...tokenizer.model import DRoRAE
+        from ...tokenizer.factory import load_tokenizer
         from ..latents import stats_fingerprint
 
         super().__init__(
             cfg, cfg.train, cfg.optim, cfg.data, out_dir, name="train-t2i", resume=resume, progress=progress
         )
         self.tokenizer_dir, self.llm_dir = Path(tokenizer_dir), Path(llm_dir)
-        self.tokenizer = DRoRAE.from_pretrained(tokenizer_dir, map_location=self.device).eval()
+        self.tokenizer = load_tokenizer(tokenizer_dir, map_location=self.device)
         self.tokenizer.requires_grad_(False)
-        bb = self.tokenizer.backbone
-        self.latent_shape = (bb.hidden_size, bb.grid_size, bb.grid_size)
+        self.latent_shape = tuple(self.tokenizer.latent_shape)
         self.fingerprint = stats_fingerprint(self.tokenizer)
         self.text = CaptionTokenizer(llm_dir, cfg.text.max_text_tokens)
         llm = llm_config_from_dir(llm_dir)
@@ -196,9 +195,7 @@ class T2ITrainer(BaseTrainer):
         if cfg.train.compile:
             self.mot.compile()
         self.parallel = self.dist.wrap(self.mot)
-        base = CaptionPairs(
-            data, self.tokenizer.decoder.config.image_size, self.text, cfg.data.random_flip, cfg.train.seed
-        )
+        base = CaptionPairs(data, self.tokenizer.image_size, self.text, cfg.data.random_flip, cfg.train.seed)
         self.unpaired = base.unpaired
         self.latents_dir = latents
         if latents is not None:
