@@ -26,6 +26,36 @@ def test_quick_t2i_demo_reports_ceiling_scores_and_margins(quick_demo):
         assert (out / f"grid_drorae_seed{seed}.png").is_file()
     assert json.loads((out / "report.json").read_text())["seeds"] == 2
     assert "DRoRAE - RAE (paired)" in (out / "report.md").read_text()
+    assert set(report["floor"]) == set(ROWS) and all(0 <= m <= 1 for m, _ in report["floor"].values())
+    assert "captions shuffled across" in (out / "report.md").read_text()
+
+
+def test_the_shuffled_caption_floor_scores_images_against_another_prompt(tmp_path):
+    """Ground-truth images as 'samples': their own prompts score 1.0, the next prompt's rules far less (a floor that
+    drawing right objects without reading the caption would reach); identical prompts give 1.0 both ways."""
+    import shutil
+
+    from drorae.data.shapes import write_shapes
+    from drorae.demo.t2i import _shuffled_floor
+    from drorae.evaluation.shapes import run_shapes_eval
+
+    write_shapes(tmp_path / "gt", 24, 64, seed=3)
+    meta = [json.loads(line) for line in (tmp_path / "gt" / "metadata.jsonl").read_text().splitlines()]
+
+    def samples(metadata, image_of):
+        folder = tmp_path / f"samples{len(list(tmp_path.iterdir()))}"
+        for i, m in enumerate(metadata):
+            (folder / f"{i:05d}" / "samples").mkdir(parents=True)
+            (folder / f"{i:05d}" / "metadata.jsonl").write_text(json.dumps(m) + "\n")
+            shutil.copy(tmp_path / "gt" / f"{image_of(i):06d}.png", folder / f"{i:05d}" / "samples" / "0000.png")
+        (tmp_path / "meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metadata))
+        return folder
+
+    folder = samples(meta, lambda i: i)
+    assert run_shapes_eval(folder, metadata=tmp_path / "meta.jsonl")["overall"] == 1.0
+    assert _shuffled_floor(folder, meta)["overall"] < 0.5
+    same = samples([meta[0]] * 6, lambda i: 0)  # one prompt six times: shuffling changes nothing
+    assert _shuffled_floor(same, [meta[0]] * 6)["overall"] == 1.0
 
 
 def test_renoise_probe_ends_on_the_reconstructions_at_t0_0_and_on_sample_t2i_at_t0_1(quick_demo, tmp_path):
@@ -57,3 +87,22 @@ def test_renoise_probe_ends_on_the_reconstructions_at_t0_0_and_on_sample_t2i_at_
     drawn = np.stack([np.asarray(Image.open(tmp_path / "s" / f"{p:05d}" / "samples" / "0000.png")) for p in range(5)])
     assert np.array_equal(result[1.0]["pixels"], drawn)
     assert not np.array_equal(result[0.6]["pixels"], drawn)
+
+
+@pytest.mark.slow
+def test_the_unconditional_controls_run_and_resume(tmp_path):
+    """`python -m drorae.demo.t2i_controls` at the quick sizes: two controls, one seed; a second call skips both."""
+    from drorae.demo.t2i_controls import main
+
+    args = ["--out", str(tmp_path), "--control", "bagel", "--control", "t1000=mot.time_scale=1000", "--seeds", "0"]
+    assert main([*args, "--steps", "3", "--quick"]) == 0
+    results = json.loads((tmp_path / "controls.json").read_text())
+    assert set(results) == {"bagel/seed0/3", "t1000/seed0/3"}
+    assert results["t1000/seed0/3"]["overrides"] == ["mot.time_scale=1000"]
+    from drorae.generation.text.mot import MoTGenerator
+
+    assert MoTGenerator.from_pretrained(tmp_path / "t1000" / "seed0" / "model").config.time_scale == 1000.0
+    assert all(0 <= a <= 1 for a in results["bagel/seed0/3"]["probe"].values())
+    before = (tmp_path / "controls.json").stat().st_mtime_ns
+    assert main([*args, "--steps", "3", "--quick"]) == 0
+    assert (tmp_path / "controls.json").stat().st_mtime_ns == before

@@ -177,6 +177,19 @@ def run_t2i_demo(
     return score_t2i_demo(out, plan, seeds, losses, seconds)
 
 
+def _shuffled_floor(samples: Path, metadata: list[dict]) -> dict[str, float]:
+    """The same images scored against another prompt's rules (prompt ``i``'s images against prompt ``i + 1``'s): what
+    the generator scores with its captions shuffled across prompts, the score of drawing without reading the text."""
+    from PIL import Image
+
+    n, scored = len(metadata), []
+    for i in range(n):
+        other = metadata[(i + 1) % n]
+        for png in sorted((samples / f"{i:05d}" / "samples").glob("*.png")):
+            scored.append((other["tag"], score_shapes(np.array(Image.open(png).convert("RGB")), other)[0]))
+    return _categories(scored)
+
+
 def score_t2i_demo(out: Path, plan: T2IDemoPlan, seeds: int, losses: dict, seconds: dict) -> dict[str, Any]:
     """The ceiling and every seed's scores from what a run left in ``out`` (tokenizers, sample folders), and the
     report; also rescores a finished run (``score_t2i_demo(out, ...)`` with its ``report.json``'s fields)."""
@@ -187,18 +200,23 @@ def score_t2i_demo(out: Path, plan: T2IDemoPlan, seeds: int, losses: dict, secon
     ceiling = _ceiling(held, held_meta, tokenizers)
     print("ceiling (scorer on ground truth / reconstructions):", json.dumps(ceiling), flush=True)
     eval_meta_path = out / "shapes_evaluation_metadata.jsonl"
-    per_seed = []
+    eval_meta = [json.loads(line) for line in eval_meta_path.read_text().splitlines()]
+    per_seed, floor = [], {name: [] for name in ROWS}
     for seed in range(seeds):
         row_scores = {}
         for name in ROWS:  # `drorae eval-geneval SAMPLES --shapes`: GenEval's results jsonl in each sample folder
-            summary = run_shapes_eval(out / f"seed{seed}" / name / "samples-eval", metadata=eval_meta_path)
+            samples = out / f"seed{seed}" / name / "samples-eval"
+            summary = run_shapes_eval(samples, metadata=eval_meta_path)
             row_scores[name] = {**{t: summary["categories"][t] for t in TAGS if t in summary["categories"]},
                                 "overall": summary["overall"]}  # fmt: skip
+            floor[name].append(_shuffled_floor(samples, eval_meta)["overall"])
         print(f"seed {seed}: {json.dumps(row_scores)}", flush=True)
         per_seed.append(row_scores)
+    floor = {name: _mean_std(values) for name, values in floor.items()}
+    print("floor (captions shuffled across prompts):", json.dumps(floor), flush=True)
     seconds = {**seconds, "scoring": time.perf_counter() - t}
-    report = {"plan": asdict(plan), "seeds": seeds, "ceiling": ceiling, "per_seed": per_seed, "final_loss": losses,
-              "seconds": seconds, **_aggregate(per_seed)}  # fmt: skip
+    report = {"plan": asdict(plan), "seeds": seeds, "ceiling": ceiling, "per_seed": per_seed, "floor": floor,
+              "final_loss": losses, "seconds": seconds, **_aggregate(per_seed)}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     print(f"t2i demo report: {out / 'report.md'}", flush=True)
@@ -241,5 +259,9 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys) + " |")
     m = report["margins"]
     lines.append("| DRoRAE - RAE (paired) | " + " | ".join(f"{m[k][0]:+.3f} ± {m[k][1]:.3f}" for k in keys) + " |")
+    if "floor" in report:  # older reports have no floor
+        floor = ", ".join(f"{name} {v[0]:.3f} ± {v[1]:.3f}" for name, v in report["floor"].items())
+        lines += ["", "Floor, the same images scored against another prompt's rules (captions shuffled across "
+                  f"prompts), overall: {floor}."]  # fmt: skip
     lines += ["", f"Wall time (s): {json.dumps({k: round(v) for k, v in report['seconds'].items()})}", ""]
     return "\n".join(lines)
