@@ -14,6 +14,8 @@ from .conftest import command_of, drorae_argv, randomize, save_tiny_dinov2
 COMMANDS = [
     "import-rae",
     "import-rae-dit",
+    "import-rae-disc",
+    "import-rae-stage1",
     "import-bagel",
     "export-rae",
     "info",
