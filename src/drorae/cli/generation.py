@@ -20,6 +20,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device,
         sample_posterior=args.sample_posterior,
+        image_size=args.image_size,
     )
     if result is not None:
         print(
@@ -45,6 +46,7 @@ def _cmd_cache_latents(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device,
         sample_posterior=args.sample_posterior,
+        image_size=args.image_size,
         seed=args.seed,
     )
     if meta is not None:
@@ -71,6 +73,7 @@ def _cmd_train_dit(args: argparse.Namespace) -> int:
         latents_dir=args.latents,
         resume=args.resume,
         sample_posterior=args.sample_posterior,
+        image_size=args.image_size,
     )
     try:
         trainer.run(max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
@@ -156,6 +159,7 @@ def add_parsers(sub) -> None:
         help="a VAE's latent is a draw from its posterior (default: the posterior mean)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--image-size", type=int, help="a VAE's input side in px (default 256)")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser(
@@ -181,6 +185,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--image-size", type=int, help="a VAE's input side in px (default 256)")
     p.set_defaults(func=_cmd_cache_latents)
 
     p = sub.add_parser(
@@ -206,6 +211,7 @@ def add_parsers(sub) -> None:
         help="a VAE's latent is a draw from its posterior when encoding --data on the fly (default: the mean)",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--image-size", type=int, help="a VAE's input side in px (default 256)")
     p.set_defaults(func=_cmd_train_dit)
 
     p = sub.add_parser(

@@ -101,14 +101,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluation.comparison import compare
     from ..evaluation.reconstruction import evaluate
 
-    fusion = None if args.fusion is None else args.fusion == "on"
-    report = evaluate(
-        args.model,
+    if len(args.model) > 1 or args.fusion == "both":  # one table, one pass over the data
+        run, first, fusion = compare, args.model, args.fusion
+    else:
+        run, first, fusion = evaluate, args.model[0], None if args.fusion is None else args.fusion == "on"
+    report = run(
+        first,
         args.data,
         args.out,
         fusion=fusion,
+        sample_posterior=args.sample_posterior,
+        image_size=args.image_size,
         num=args.num,
         batch_size=args.batch,
         device=args.device,
@@ -246,10 +252,28 @@ def add_parsers(sub) -> None:
         description="Reconstruct a validation image folder (ADM centre crop) and write report.json, report.md and "
         "the reconstructions as an ADM npz. Launch with torchrun to split the images over processes.",
     )
-    p.add_argument("--model", required=True, help="DRoRAE directory (or a run's model/ directory)")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="DRoRAE directory (or a run's model/ directory) or diffusers VAE directory; repeat it for one table "
+        "of several tokenizers from one pass over the data",
+    )
     p.add_argument("--data", required=True, help="image folder (flat or class sub-folders), e.g. ImageNet val")
     p.add_argument("--out", required=True, help="output directory (shards/ make an interrupted run resumable)")
-    p.add_argument("--fusion", choices=["on", "off"], help="evaluate with fusion on or off (default: as saved)")
+    p.add_argument(
+        "--fusion",
+        choices=["on", "off", "both"],
+        help="DRoRAEs with fusion on or off (default: as saved); both: a row for each (off = the plain RAE)",
+    )
+    p.add_argument(
+        "--sample-posterior", action="store_true", help="a VAE's latent is a draw from its posterior (default: mean)"
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="a VAE's input side in px (default: the DRoRAE rows' size, else 256); a DRoRAE's is its decoder's",
+    )
     p.add_argument("--num", type=int, help="evaluate the first N images (sorted paths)")
     p.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

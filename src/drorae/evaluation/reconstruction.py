@@ -185,6 +185,8 @@ def evaluate(
     shard_size: int = 1000,
     num_workers: int = 2,
     progress: bool | None = None,
+    sample_posterior: bool = False,
+    image_size: int | None = None,
 ) -> dict[str, Any] | None:
     """Reconstruct and score an image folder; write ``report.json``, ``report.md`` and ``reconstructions.npz``.
 
@@ -192,16 +194,16 @@ def evaluate(
     so; returns the report on rank 0 (``None`` on the others).
     """
     from ..engine.distributed import setup_distributed
-    from ..tokenizer.model import DRoRAE
+    from ..tokenizer.factory import load_tokenizer
 
     if ref_npz is not None:
         check_ref_npz(ref_npz)
     dist = setup_distributed(device)
     out = Path(out_dir)
-    model = DRoRAE.from_pretrained(model_dir, map_location=dist.device).eval()
-    if fusion is not None:
-        model.fusion_enabled = fusion
-    size = model.decoder.config.image_size
+    model = load_tokenizer(
+        model_dir, map_location=dist.device, fusion=fusion, sample_posterior=sample_posterior, image_size=image_size
+    )
+    size = model.image_size
     dataset = EvalImages(data_dir, size, num)
     scorers = build_scorers(dist.device, inception, lpips_vgg, stlpips, rfid)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -236,7 +238,10 @@ def evaluate(
         report.update(
             model=str(model_dir),
             data=str(data_dir),
-            fusion=model.fusion_enabled,
+            fusion=model.latent_info()["fusion_enabled"],
+            tokenizer_kind=model.latent_info()["kind"],
+            latent_shape=list(model.latent_shape),
+            latent_size=math.prod(model.latent_shape),
             shards={"total": num_shards, "reused": sum(reused)},
             world_size=dist.world_size,
         )
@@ -364,7 +369,8 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
         "",
         f"{report['num_images']} images at {report['image_size']} px (ADM centre crop), fusion "
         f"{'on' if report['fusion'] else 'off'}; {report['skipped_files']} unreadable files skipped. "
-        f"rFID against the {report['rfid_reference']}.",
+        f"rFID against the {report['rfid_reference']}. Latent per image: "
+        f"{'x'.join(map(str, report.get('latent_shape', [])))} ({report.get('latent_size')} numbers).",
         "",
         "| metric | value |",
         "|---|---|",

@@ -383,6 +383,7 @@ def cache_latents(
             "num_latents": sum(counts),
             "shard_rows": counts,
             "latent_shape": list(tokenizer.latent_shape),
+            "image_size": tokenizer.image_size,
             "dtype": dtype,
             "flip": flip,
             "skipped_files": skipped,

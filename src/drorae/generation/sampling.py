@@ -152,7 +152,7 @@ def run_sampling(
     """``drorae sample``: write ``samples.npz``, ``images/*.png``, ``grid.png`` and ``sampling.json``;
     returns the summary on rank 0 (``None`` on other ranks)."""
     from ..engine.distributed import setup_distributed
-    from ..tokenizer.factory import load_tokenizer
+    from ..tokenizer.factory import load_tokenizer, tokenizer_class
 
     s = settings or SampleSettings()
     if s.guidance not in GUIDANCE:
@@ -162,7 +162,10 @@ def run_sampling(
     dist = setup_distributed(device)
     dev = dist.device
     dit = DiT.from_pretrained(dit_dir, map_location=dev).eval()
-    tokenizer = load_tokenizer(tokenizer_dir, map_location=dev)
+    size = (
+        DiT.read_extra(dit_dir).get("image_size") if tokenizer_class(tokenizer_dir)[0] not in (None, "DRoRAE") else None
+    )
+    tokenizer = load_tokenizer(tokenizer_dir, map_location=dev, image_size=size)  # a VAE at the DiT's image size
     _check_pair(dit, tokenizer, dit_dir, tokenizer_dir)
     if s.guidance == "free" and not dit.has_guidance_head:
         raise ValueError(

@@ -106,8 +106,9 @@ class DiTTrainer(BaseTrainer):
         resume: bool = False,
         progress: bool | None = None,
         sample_posterior: bool = False,
+        image_size: int | None = None,
     ):
-        from ..tokenizer.factory import load_tokenizer
+        from ..tokenizer.factory import load_tokenizer, tokenizer_class
 
         if (data_dir is None) == (latents_dir is None):
             raise ValueError("train-dit needs exactly one of --data (class folders) or --latents (a cache-latents dir)")
@@ -116,7 +117,12 @@ class DiTTrainer(BaseTrainer):
         )
         self.collate_fn = collate_samples
         self.tokenizer_dir = Path(tokenizer_dir)
-        self.tokenizer = load_tokenizer(tokenizer_dir, map_location=self.device, sample_posterior=sample_posterior)
+        if latents_dir is not None and image_size is None and tokenizer_class(tokenizer_dir)[0] not in (None, "DRoRAE"):
+            meta = LatentDataset(latents_dir).meta  # a VAE takes the cache's image size
+            image_size = meta.get("image_size")
+        self.tokenizer = load_tokenizer(
+            tokenizer_dir, map_location=self.device, sample_posterior=sample_posterior, image_size=image_size
+        )
         self.tokenizer.requires_grad_(False)
         self.latent_shape = tuple(self.tokenizer.latent_shape)
         self.fingerprint = stats_fingerprint(self.tokenizer)
@@ -248,6 +254,7 @@ class DiTTrainer(BaseTrainer):
             "tokenizer_kind": self.tokenizer.latent_info()["kind"],
             "fingerprint": self.fingerprint,
             "latent_shape": list(self.latent_shape),
+            "image_size": self.tokenizer.image_size,
             "shift": self.shift,
             "time_distribution": self.config.flow.time_distribution,
             "steps": self.step,
