@@ -94,11 +94,11 @@ def rae_config(run: Path):
     return load_config(None, overrides)
 
 
-def run_step(step: int, tmp_path: Path, ref: dict[str, torch.Tensor], monkeypatch) -> dict:
-    run = tmp_path / "run"
-    import_rae_stage1(
-        FIXTURE / f"ep-000000{step}.pt",
-        run,
+def import_fixture(checkpoint: Path, out: Path) -> dict:
+    """import-rae-stage1 with the fixture's sizes (its DINO's width and depth come from the file itself)."""
+    return import_rae_stage1(
+        checkpoint,
+        out,
         backbone=str(FIXTURE / "backbone"),
         dino=FIXTURE / "dino_tiny.pth",
         input_size=META["image_size"],
@@ -107,6 +107,11 @@ def run_step(step: int, tmp_path: Path, ref: dict[str, torch.Tensor], monkeypatc
         key_depths=META["dino"]["key_depths"],
         ks=META["ks"],
     )
+
+
+def run_step(step: int, tmp_path: Path, ref: dict[str, torch.Tensor], monkeypatch) -> dict:
+    run = tmp_path / "run"
+    import_fixture(FIXTURE / f"ep-000000{step}.pt", run)
     batch = ref["batch"]
     dataset = [{"image": x, "index": i} for i, x in enumerate(batch)]
     trainer = Trainer(rae_config(run), "1", run, resume=True, dataset=dataset, progress=False)
@@ -244,17 +249,7 @@ def test_a_missing_or_extra_entry_is_named(tmp_path: Path) -> None:
     state["disc"]["heads.9.extra"] = torch.zeros(1)
     torch.save(state, path)
     with pytest.raises(KeyError, match=r"unexpected keys \['heads.9.extra'\]"):
-        import_rae_stage1(
-            path,
-            tmp_path / "o",
-            backbone=str(FIXTURE / "backbone"),
-            dino=FIXTURE / "dino_tiny.pth",
-            input_size=META["image_size"],
-            num_heads=META["decoder"]["num_heads"],
-            recipe="S_16",
-            key_depths=META["dino"]["key_depths"],
-            ks=META["ks"],
-        )
+        import_fixture(path, tmp_path / "o")
 
 
 def test_the_rae_config_has_raes_numbers() -> None:
