@@ -65,6 +65,10 @@ DIT_PRESETS = {
     "DiT-B": dict(hidden_size=768, depth=12, num_heads=12, head_hidden_size=0, head_depth=0, head_num_heads=0),
     "DiT-L": dict(hidden_size=1024, depth=24, num_heads=16, head_hidden_size=0, head_depth=0, head_num_heads=0),
     "DiT-XL": dict(hidden_size=1152, depth=28, num_heads=16, head_hidden_size=0, head_depth=0, head_num_heads=0),
+    # the DiT paper's network (arch "dit"): DiT-XL/2 = this at patch_size 2 (675M parameters with its learned sigma)
+    "DiT-paper-XL": dict(
+        hidden_size=1152, depth=28, num_heads=16, head_hidden_size=0, head_depth=0, head_num_heads=0, arch="dit"
+    ),
     "DiTDH-tiny": dict(hidden_size=64, depth=3, num_heads=4, head_hidden_size=128, head_depth=1, head_num_heads=4),
     "DiT-tiny": dict(hidden_size=64, depth=3, num_heads=4, head_hidden_size=0, head_depth=0, head_num_heads=0),
 }
@@ -93,6 +97,9 @@ class DiTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     guidance_head_block: int | None = None  # free guidance: trunk block (1-based) feeding the x-prediction head
+    # "lightning": RAE's blocks (RMSNorm, RoPE-2D, SwiGLU, Gaussian-Fourier t); "dit": the DiT paper's (Peebles & Xie,
+    # facebookresearch/DiT: LayerNorm without affine, no RoPE, GELU(tanh) MLP, sinusoidal t with 256 frequencies)
+    arch: str | None = None  # None: "lightning"
 
     def resolved(self) -> DiTConfig:
         cfg = replace(self)
@@ -118,6 +125,11 @@ class DiTConfig:
                     f"dit.{key}={heads}: the width {width} must split into heads whose size is a multiple of 4 "
                     "(2-D RoPE rotates pairs along two axes)"
                 )
+        cfg.arch = cfg.arch or "lightning"
+        if cfg.arch not in ("lightning", "dit"):
+            raise ConfigError(f"dit.arch={cfg.arch!r} is not 'lightning' (RAE's blocks) or 'dit' (the DiT paper's)")
+        if cfg.arch == "dit" and (cfg.head_depth or cfg.guidance_head_block is not None):
+            raise ConfigError("dit.arch='dit' (the DiT paper's network) has no DDT head nor free-guidance head")
         if cfg.head_depth and not cfg.head_hidden_size:
             raise ConfigError("dit.head_depth > 0 needs dit.head_hidden_size > 0")
         k = cfg.guidance_head_block
@@ -185,7 +197,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: Rope2D) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(rope(q), rope(k), v)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -207,16 +221,32 @@ def ada_ln(dim: int, chunks: int) -> nn.Sequential:
     return nn.Sequential(nn.SiLU(), nn.Linear(dim, chunks * dim))
 
 
+class GeluMLP(nn.Module):
+    """The DiT paper's MLP (timm's ``Mlp`` with tanh-approximated GELU): ``fc2(GELU(fc1 x))``."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def _norm(dim: int, eps: float, arch: str) -> nn.Module:
+    return nn.LayerNorm(dim, elementwise_affine=False, eps=eps) if arch == "dit" else nn.RMSNorm(dim, eps=eps)
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero block: ``x += g1 * Attn(mod(RMSNorm(x), a1, b1)); x += g2 * MLP(mod(RMSNorm(x), a2, b2))``,
     the six modulations ``Linear(SiLU(cond))`` in the order shift, scale, gate (attention), shift, scale, gate (MLP)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, arch: str = "lightning"):
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim, eps=eps)
+        self.norm1 = _norm(dim, eps, arch)
         self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.RMSNorm(dim, eps=eps)
-        self.mlp = SwiGLU(dim, int(2 / 3 * mlp_ratio * dim))
+        self.norm2 = _norm(dim, eps, arch)
+        self.mlp = GeluMLP(dim, int(dim * mlp_ratio)) if arch == "dit" else SwiGLU(dim, int(2 / 3 * mlp_ratio * dim))
         self.adaLN_modulation = ada_ln(dim, 6)
 
     def forward(self, x: Tensor, cond: Tensor, rope: Rope2D) -> Tensor:
@@ -228,9 +258,9 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     """``Linear(mod(RMSNorm(x), shift, scale))`` -> patch values [B, N, p*p*C]."""
 
-    def __init__(self, dim: int, patch: int, out_channels: int, eps: float):
+    def __init__(self, dim: int, patch: int, out_channels: int, eps: float, arch: str = "lightning"):
         super().__init__()
-        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.norm = _norm(dim, eps, arch)
         self.adaLN_modulation = ada_ln(dim, 2)
         self.linear = nn.Linear(dim, patch * patch * out_channels)
 
@@ -252,6 +282,22 @@ class GaussianFourierTimeEmbedding(nn.Module):
         angles = t.float()[:, None] * self.W[None, :] * 2 * math.pi  # RAE's order of the products (same rounding)
         features = torch.cat([angles.sin(), angles.cos()], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """The DiT paper's ``TimestepEmbedder``: ``[cos(t f), sin(t f)]``, ``f = 10000^(-i / half)`` over ``frequency_size``
+    features -> MLP; ``t`` is the flow time in [0, 1] as given (SiT feeds the same embedder its continuous time)."""
+
+    def __init__(self, dim: int, frequency_size: int):
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.frequency_size // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.mlp[0].weight.dtype))
 
 
 class PatchEmbed(nn.Module):
@@ -278,10 +324,15 @@ class DiT(nn.Module):
         d, dh, grid = cfg.hidden_size, cfg.head_hidden_size, cfg.grid_size
         self.x_embedder = PatchEmbed(cfg.in_channels, d, cfg.patch_size)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, cls_token=False)[None], persistent=False)
-        self.t_embedder = GaussianFourierTimeEmbedding(d, cfg.frequency_size, cfg.fourier_scale)
+        if cfg.arch == "dit":
+            self.t_embedder = SinusoidalTimeEmbedding(d, cfg.frequency_size)
+        else:
+            self.t_embedder = GaussianFourierTimeEmbedding(d, cfg.frequency_size, cfg.fourier_scale)
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, d)  # row num_classes = null label
-        self.rope = Rope2D(d // cfg.num_heads, grid, cfg.rope_theta)
-        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
+        self.rope = Rope2D(d // cfg.num_heads, grid, cfg.rope_theta) if cfg.arch != "dit" else None
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.arch) for _ in range(cfg.depth)
+        )
         if cfg.head_depth:
             self.s_projector = nn.Linear(d, dh) if dh != d else nn.Identity()  # RAE: no projection at equal widths
             self.head_embedder = PatchEmbed(cfg.in_channels, dh, cfg.patch_size)
@@ -289,7 +340,9 @@ class DiT(nn.Module):
             self.head_blocks = nn.ModuleList(
                 DiTBlock(dh, cfg.head_num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.head_depth)
             )
-        self.final_layer = FinalLayer(dh if cfg.head_depth else d, cfg.patch_size, cfg.out_channels, cfg.norm_eps)
+        self.final_layer = FinalLayer(
+            dh if cfg.head_depth else d, cfg.patch_size, cfg.out_channels, cfg.norm_eps, cfg.arch
+        )
         if cfg.guidance_head_block is not None:
             self.guidance_head = FinalLayer(d, cfg.patch_size, cfg.out_channels, cfg.norm_eps)
         self.initialize_weights()
