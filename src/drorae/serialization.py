@@ -60,9 +60,13 @@ def read_json(path: str | Path, what: str = "JSON file") -> dict:
     return data
 
 
-def model_dir(directory: str | Path) -> Path:
-    """A ``save_pretrained`` directory as given, or a training run's (``<run>/model``, what every trainer exports)."""
-    directory = Path(directory)
+def model_dir(directory: str | Path, files: tuple[str, ...] | None = None) -> Path:
+    """A ``save_pretrained`` directory as given, or a training run's (``<run>/model``, what every trainer exports),
+    or a Hub id (``org/name[@revision][:subfolder]``, :mod:`drorae.hub`) resolved to its cached snapshot holding
+    ``files`` (default: every file a drorae loader reads)."""
+    from .hub import MODEL_FILES, resolve_model_path
+
+    directory = resolve_model_path(directory, files or MODEL_FILES)
     if not (directory / "config.json").is_file() and (directory / "model" / "config.json").is_file():
         return directory / "model"
     return directory

@@ -5,7 +5,8 @@ calling the library.
 - :mod:`.tokenizer`: ``info``, ``reconstruct``, ``train``, ``eval``, ``analyze``, ``scaling``, ``ablate``;
 - :mod:`.data`: ``demo``, ``data sample``, ``data shard``;
 - :mod:`.generation`: ``stats``, ``cache-latents``, ``train-dit``, ``sample``, ``eval-gen``;
-- :mod:`.text`: ``train-t2i``, ``sample-t2i``, ``eval-geneval``.
+- :mod:`.text`: ``train-t2i``, ``sample-t2i``, ``eval-geneval``;
+- :mod:`.hub`: ``push`` (and the model-card side of ``info``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import os
 import sys
 
-from . import data, generation, interop, text, tokenizer
+from . import data, generation, hub, interop, text, tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="drorae", description="DRoRAE visual tokenizer: import, inspect, reconstruct, train, demo."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (interop, tokenizer, data, generation, text):
+    for group in (interop, tokenizer, data, generation, text, hub):
         group.add_parsers(sub)
     return parser
 

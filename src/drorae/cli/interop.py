@@ -6,14 +6,28 @@ from __future__ import annotations
 import argparse
 
 
+def _collection_or_file(src: str, variant: str | None, variants: dict, what: str) -> None:
+    """Without --variant, a Hub id (or a folder, for the DiT) is RAE's collection and needs one."""
+    from ..hub import is_hub_id
+
+    if variant is None and is_hub_id(src):
+        raise ValueError(f"{src} is a Hub id: name the {what} in it with --variant ({', '.join(variants)})")
+
+
 def _cmd_import_rae(args: argparse.Namespace) -> int:
     from ..interop import import_rae
+    from ..interop.rae_collection import TOKENIZERS, rae_tokenizer_files
 
+    src, stats, backbone, input_size = args.src, args.stats, args.backbone, args.input_size
+    _collection_or_file(src, args.variant, TOKENIZERS, "tokenizer")
+    if args.variant is not None:  # RAE's collection: the variant's decoder, statistics, encoder and input size
+        src, variant_stats, v = rae_tokenizer_files(args.src, args.variant)
+        stats, backbone, input_size = stats or variant_stats, backbone or v.backbone, input_size or v.input_size
     model = import_rae(
-        args.src,
-        backbone=args.backbone,
-        stats=args.stats,
-        input_size=args.input_size,
+        src,
+        backbone=backbone,
+        stats=stats,
+        input_size=input_size or 224,
         num_heads=args.num_heads,
         key=args.key,
     )
@@ -28,15 +42,23 @@ def _cmd_import_rae(args: argparse.Namespace) -> int:
 
 def _cmd_import_rae_dit(args: argparse.Namespace) -> int:
     from ..interop import import_rae_dit, save_rae_dit
+    from ..interop.rae_collection import DITS, is_collection, rae_dit_files
 
+    src, stats = args.src, args.stats
+    if args.variant is None and is_collection(src):
+        raise ValueError(f"{src} is not a checkpoint file: name the generator in RAE's collection with --variant "
+                         f"({', '.join(DITS)})")  # fmt: skip
+    if args.variant is not None:  # RAE's collection: its checkpoint, and its tokenizer's stat.pt as fingerprint
+        src, variant_stats = rae_dit_files(args.src, args.variant)
+        stats = stats if stats is not None or args.tokenizer is not None else variant_stats
     model = import_rae_dit(
-        args.src,
+        src,
         num_heads=args.num_heads,
         head_num_heads=args.head_num_heads,
         head_depth=args.head_depth,
         weights=args.weights,
     )
-    save_rae_dit(model, args.dst, stats=args.stats, tokenizer=args.tokenizer, shift=args.shift)
+    save_rae_dit(model, args.dst, stats=stats, tokenizer=args.tokenizer, shift=args.shift)
     c = model.config
     entry = model.imported_from["entry"]
     entry = f"its {entry!r} weights" if entry != "state dict" else "a bare state dict"
@@ -82,22 +104,21 @@ def _cmd_import_bagel(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_rae_disc(args: argparse.Namespace) -> int:
+    from ..interop.rae_collection import is_collection, rae_dino_file
     from ..interop.rae_stage1 import import_rae_disc
 
+    dino = rae_dino_file(args.dino) if is_collection(args.dino) else args.dino  # RAE's collection: its DINO file
     disc = import_rae_disc(
-        args.dino,
+        dino,
         args.dst,
         checkpoint=args.checkpoint,
-        recipe=args.recipe,
-        key_depths=args.key_depths,
-        ks=args.ks,
-        norm_type=args.norm_type,
         seed=args.seed,
+        **_disc_options(args),
     )
     heads = sum(p.numel() for p in disc.trainable_parameters())
     source = f"the trained heads of {args.checkpoint}" if args.checkpoint else f"fresh heads (seed {args.seed})"
     print(
-        f"imported {args.dino} + {source} -> {args.dst}: RAE's DinoDisc ({disc.extra_repr()}), {heads:,} head "
+        f"imported {dino} + {source} -> {args.dst}: RAE's DinoDisc ({disc.extra_repr()}), {heads:,} head "
         f"parameters; use it as loss.disc_backbone={args.dst}"
     )
     return 0
@@ -113,10 +134,7 @@ def _cmd_import_rae_stage1(args: argparse.Namespace) -> int:
         dino=args.dino,
         input_size=args.input_size,
         num_heads=args.num_heads,
-        recipe=args.recipe,
-        key_depths=args.key_depths,
-        ks=args.ks,
-        norm_type=args.norm_type,
+        **_disc_options(args),
     )
     print(f"imported {args.src} (epoch {report['epoch']}, step {report['step']}) -> {args.dst}")
     print("carried over:\n" + "\n".join(f"  - {line}" for line in report["carried"]))
@@ -126,6 +144,11 @@ def _cmd_import_rae_stage1(args: argparse.Namespace) -> int:
         f"--out {args.dst} --resume loss.disc_backbone={args.dst}/discriminator"
     )
     return 0
+
+
+def _disc_options(args: argparse.Namespace) -> dict:
+    """RAE's DinoDisc settings from the flags `_add_disc_arguments` adds."""
+    return {"recipe": args.recipe, "key_depths": args.key_depths, "ks": args.ks, "norm_type": args.norm_type}
 
 
 def _add_disc_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,11 +166,23 @@ def add_parsers(sub) -> None:
         help="convert a diffusers AutoencoderRAE dir or an RAE decoder file into a DRoRAE dir",
         description="Build a fusion-off DRoRAE that encodes/decodes exactly like the source RAE model.",
     )
-    p.add_argument("src", help="diffusers AutoencoderRAE directory, or RAE decoder checkpoint (.pt/.pth/.safetensors)")
+    p.add_argument(
+        "src",
+        help="diffusers AutoencoderRAE directory, RAE decoder checkpoint (.pt/.pth/.safetensors), or with --variant "
+        "RAE's collection (nyu-visionx/RAE-collections, or a local copy of it)",
+    )
     p.add_argument("dst", help="output DRoRAE directory")
+    p.add_argument(
+        "--variant",
+        choices=["dinov2-b", "dinov2-b-512", "mae-b", "siglip2-b"],
+        help="an RAE tokenizer in the collection SRC: its decoder and stat.pt (and, by default, its backbone id and "
+        "input size)",
+    )
     p.add_argument("--backbone", help="backbone path or cached hub id (required for an RAE decoder file)")
     p.add_argument("--stats", help="RAE latent statistics file with 'mean' and 'var'")
-    p.add_argument("--input-size", type=int, default=224, help="backbone input size for a decoder file (default 224)")
+    p.add_argument(
+        "--input-size", type=int, help="backbone input size for a decoder file (default 224; --variant: its own)"
+    )
     p.add_argument("--num-heads", type=int, help="decoder heads, if the decoder width is not an RAE preset")
     p.add_argument("--key", help="entry of a nested checkpoint holding the decoder state dict (e.g. ema)")
     p.add_argument(
@@ -161,7 +196,11 @@ def add_parsers(sub) -> None:
         description="Read dino_vit_small_patch8_224.pth as RAE's DinoDisc does (weights_only) and write a drorae "
         "discriminator directory (config.json + model.safetensors) for loss.disc_backbone.",
     )
-    p.add_argument("dino", help="RAE's DINO weights file, e.g. models/discs/dino_vit_small_patch8_224.pth")
+    p.add_argument(
+        "dino",
+        help="RAE's DINO weights file, e.g. models/discs/dino_vit_small_patch8_224.pth, or RAE's collection "
+        "(nyu-visionx/RAE-collections, or a local copy): its discs/dino_vit_small_patch8_224.pth",
+    )
     p.add_argument("dst", help="output discriminator directory")
     p.add_argument("--checkpoint", help="an RAE stage-1 checkpoint (ep-*.pt) whose disc heads to take")
     p.add_argument("--seed", type=int, default=0, help="seed of fresh heads (without --checkpoint)")
@@ -188,8 +227,18 @@ def add_parsers(sub) -> None:
         description="Read RAE's stage-2 checkpoint (torch.save of model/ema/optimizer/scheduler, or a bare state "
         "dict; .pt or .safetensors; tensors only) and write a DiT directory computing the same function.",
     )
-    p.add_argument("src", help="RAE stage-2 checkpoint (e.g. stage2_model.pt)")
+    p.add_argument(
+        "src",
+        help="RAE stage-2 checkpoint (e.g. stage2_model.pt), or with --variant RAE's collection "
+        "(nyu-visionx/RAE-collections, or a local copy of it)",
+    )
     p.add_argument("dst", help="output DiT directory")
+    p.add_argument(
+        "--variant",
+        choices=["dit-dh-xl", "dit-dh-s", "dit-dh-xl-512", "dit-dh-s-512"],
+        help="an RAE generator in the collection SRC: DiT^DH-XL at 256 px, its AutoGuidance guide DiT^DH-S, and the "
+        "512 px pair; its tokenizer's stat.pt sets the fingerprint unless --stats / --tokenizer is given",
+    )
     p.add_argument("--num-heads", type=int, help="trunk heads (default: the matching preset's; XL 16, S 6)")
     p.add_argument("--head-num-heads", type=int, help="head heads (default: the matching preset's, 16)")
     p.add_argument("--head-depth", type=int, help="head blocks, only needed when trunk and head are equally wide")

@@ -12,7 +12,10 @@ from ..tokenizer.training.phases import PHASES
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..tokenizer.model import DRoRAE
+    from .hub import card_info
 
+    if card_info(args):  # a Hub id, a DiT or a MoT: its model card's summary
+        return 0
     model = DRoRAE.from_pretrained(args.model)
     counts = model.parameter_counts()
     config = model.config.to_dict()
@@ -199,8 +202,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("info", help="print a DRoRAE dir's config and parameter counts per part")
-    p.add_argument("model", help="DRoRAE directory")
+    p = sub.add_parser(
+        "info",
+        help="print a DRoRAE dir's config and parameter counts per part; a Hub id's (or DiT / MoT's) model card",
+    )
+    p.add_argument("model", help="DRoRAE directory, a DiT or MoT directory, or a Hub id org/name[@revision][:sub]")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_info)
 

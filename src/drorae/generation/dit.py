@@ -427,11 +427,14 @@ class DiT(nn.Module):
         if extra:
             data["_extra"] = extra
         (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+        from ..card import write_model_card
+
+        write_model_card(directory, parameters={"total": self.parameter_count(trainable_only=False)})
 
     @staticmethod
     def model_dir(directory: str | Path) -> Path:
-        """A DiT directory, or a train-dit run directory (its ``model/``)."""
-        return model_dir(directory)
+        """A DiT directory, a train-dit run directory (its ``model/``) or a Hub id (``org/name[@rev][:sub]``)."""
+        return model_dir(directory, (CONFIG_NAME, WEIGHTS_NAME))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> DiT:

@@ -218,8 +218,14 @@ def compute_latent_stats(
     statistics instead (:meth:`~drorae.tokenizer.vae.DiffusersVAETokenizer.store_latent_stats`).
     """
     from ..engine.distributed import setup_distributed
+    from ..hub import is_hub_id
     from ..tokenizer.factory import load_tokenizer, tokenizer_class
 
+    if out_dir is None and is_hub_id(model_dir):
+        raise ValueError(
+            f"{model_dir} is a Hub id, whose cached snapshot is not rewritten in place: give --out DIR for a copy "
+            "of the tokenizer with the statistics"
+        )
     dist = setup_distributed(device)
     model_dir = tokenizer_class(model_dir)[1]
     tokenizer = load_tokenizer(
@@ -274,6 +280,7 @@ def store_latent_stats(tokenizer, model_dir: Path, moments: LatentMoments, out_d
         raw = json.loads((model_dir / CONFIG_NAME).read_text())
         config = tokenizer.config.to_dict()
         config["backbone"] = raw["backbone"]  # keep the stored reference (e.g. "backbone") as it was
+        config.update({k: raw[k] for k in ("_backbone_id",) if k in raw})  # and the model card's backbone id
         tensors = {k: v for k, v in tokenizer.state_dict().items() if not k.startswith("backbone.")}
         save_safetensors(tensors, model_dir / WEIGHTS_NAME)
         tmp = model_dir / (CONFIG_NAME + ".tmp")

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .._version import __version__
 from ..configuration import ConfigError, config_from_dict
-from ..serialization import load_safetensors, load_strict, read_json, save_safetensors
+from ..serialization import load_safetensors, load_strict, model_dir, read_json, save_safetensors
 from .backbones import BackboneConfig, BackboneOutput, FrozenBackbone, base_latent, build_backbone, check_backbone
 from .decoder import DecoderConfig, RAEDecoder
 from .fusion import DepthRoutedFusion, FusionConfig, FusionOutput
@@ -356,9 +356,18 @@ class DRoRAE(nn.Module):
             config.backbone.name_or_path, config.backbone.random = BACKBONE_DIR, None
         elif not config.backbone.name_or_path:
             raise ValueError("the backbone has no path or hub id to reference: use save_backbone=True")
+        from ..card import write_model_card
+        from ..hub import is_hub_id
+
         tensors = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
         save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"drorae_version": __version__})
-        (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        data = config.to_dict()
+        name = self.backbone.name_or_path
+        hub_id = name if is_hub_id(name) else getattr(self, "backbone_id", None)
+        if hub_id:
+            data["_backbone_id"] = hub_id  # metadata (ignored on load): the model card's base_model
+        (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+        write_model_card(directory, parameters=self.parameter_counts())
 
     @classmethod
     def from_pretrained(
@@ -367,8 +376,10 @@ class DRoRAE(nn.Module):
         backbone: str | FrozenBackbone | None = None,
         map_location: str | torch.device = "cpu",
     ) -> DRoRAE:
-        """Load a ``save_pretrained`` directory. ``backbone`` overrides the stored/referenced one."""
-        directory = Path(directory)
+        """Load a ``save_pretrained`` directory, a run directory (its ``model/``) or a Hub id
+        (``org/name[@revision][:subfolder]``, fetched unless cached). ``backbone`` overrides the stored/referenced
+        one."""
+        directory = model_dir(directory, (CONFIG_NAME, WEIGHTS_NAME, f"{BACKBONE_DIR}/*"))
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: {directory} is not a DRoRAE save_pretrained directory")
@@ -384,6 +395,7 @@ class DRoRAE(nn.Module):
         model = cls.from_config(config, backbone if isinstance(backbone, FrozenBackbone) else None, base_dir=directory)
         state = load_safetensors(directory / WEIGHTS_NAME)
         load_strict(model, state, ignore_prefix="backbone.", source=directory / WEIGHTS_NAME)
+        model.backbone_id = raw.get("_backbone_id")  # the backbone's hub id, kept for the next save's model card
         return model.to(map_location)
 
 

@@ -365,8 +365,9 @@ class MoTGenerator(nn.Module):
     # -- what trains ----------------------------------------------------------------------------------------------
     def trainable(self, experts: str) -> list[tuple[str, nn.Parameter]]:
         """``gen``: the generation expert, its final norm and the latent projections/embeddings (the LLM stays as it
-        is, Bagel's ``freeze_und``); ``all``: the understanding expert and the embeddings too, except what the flow
-        loss cannot reach without Bagel's next-token loss (the text's last-layer output path and final norm)."""
+        is, Bagel's ``freeze_und=True``); ``all`` (Bagel's default): the understanding expert and the embeddings too,
+        except what the flow loss cannot reach without Bagel's next-token loss (the text's last-layer output path and
+        final norm)."""
         if experts not in ("gen", "all"):
             raise ValueError(f"t2i.train_experts {experts!r} is not one of ('gen', 'all')")
         last = len(self.und) - 1
@@ -396,10 +397,14 @@ class MoTGenerator(nn.Module):
         body = {"format": "drorae-mot", "format_version": FORMAT_VERSION, "config": asdict(self.config)}
         (directory / CONFIG_NAME).write_text(json.dumps({**body, **(extra or {})}, indent=2) + "\n")
         save_safetensors({k: v.detach().contiguous() for k, v in self.state_dict().items()}, directory / WEIGHTS_NAME)
+        from ...card import write_model_card
+
+        write_model_card(directory, parameters={"total": self.parameter_count()})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MoTGenerator:
-        directory = model_dir(directory)
+        """A MoT directory, a train-t2i run directory (its ``model/``) or a Hub id (``org/name[@rev][:sub]``)."""
+        directory = model_dir(directory, (CONFIG_NAME, WEIGHTS_NAME, "text_tokenizer/*"))
         meta = read_json(directory / CONFIG_NAME, "a drorae MoT config")
         if meta.get("format") != "drorae-mot":
             raise ValueError(

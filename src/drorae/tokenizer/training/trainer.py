@@ -394,6 +394,9 @@ class Trainer(BaseTrainer):
                     indent=2,
                 )
             )
+            from ...card import write_model_card
+
+            write_model_card(model_dir)  # again: the card's training section reads training.json
             if self.disc is not None:  # lets the next phase start with a trained critic
                 if hasattr(self.disc, "save_pretrained"):
                     self.disc.save_pretrained(self.out / DISCRIMINATOR_DIR)
