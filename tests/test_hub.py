@@ -461,3 +461,39 @@ def test_variant_choices_are_the_collections_tables():
     flag = {c: next(a for a in choices[c]._actions if a.dest == "variant") for c in ("import-rae", "import-rae-dit")}
     assert flag["import-rae"].choices == list(TOKENIZERS) and flag["import-rae-dit"].choices == list(DITS)
     assert {v.decoder for v in TOKENIZERS.values()} >= {k for k in RAE_FILES if k.startswith("decoders/")}
+
+
+def test_each_loader_asks_only_for_the_files_it_reads_and_a_partial_snapshot_is_not_taken(
+    models, offline, tmp_path, monkeypatch, capsys
+):
+    import huggingface_hub
+
+    from drorae.generation.text.mot import MoTGenerator
+
+    asked = []
+    real = huggingface_hub.snapshot_download
+
+    def recording(*args, **kwargs):
+        asked.append((kwargs["repo_id"], sorted(kwargs["allow_patterns"])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording)
+    for name in ("tok", "dit"):
+        cache_repo(offline, f"org/{name}", models[name])
+    DRoRAE.from_pretrained("org/tok")
+    DiT.from_pretrained("org/dit")
+    with pytest.raises(HubModelNotFoundError):
+        MoTGenerator.from_pretrained("org/mot:sub")
+    main(["info", "org/dit"])
+    assert asked == [
+        ("org/tok", ["backbone/*", "config.json", "model.safetensors"]),
+        ("org/dit", ["config.json", "model.safetensors"]),
+        ("org/mot", ["sub/config.json", "sub/model.safetensors", "sub/text_tokenizer/*"]),
+        ("org/dit", ["README.md", "config.json"]),
+    ]
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(models["dit"] / "config.json", only / "config.json")
+    cache_repo(offline, "org/half", only)  # what `info` leaves: the config without the weights
+    with pytest.raises(HubModelNotFoundError, match=r"org/half: the cached snapshot .* holds no model.safetensors"):
+        DiT.from_pretrained("org/half")
