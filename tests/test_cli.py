@@ -17,6 +17,7 @@ COMMANDS = [
     "import-rae-disc",
     "import-rae-stage1",
     "import-bagel",
+    "push",
     "export-rae",
     "info",
     "reconstruct",
