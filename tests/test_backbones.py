@@ -123,3 +123,81 @@ def test_siglip_vision_tower_has_no_prefix_tokens(tmp_path, images):
         r = ref(pixel_values=bb.preprocess(images), output_hidden_states=True)
     assert out.hidden_states.shape == (2, 2, 64, 32)
     torch.testing.assert_close(out.hidden_states[0], r.hidden_states[1], rtol=0, atol=1e-6)
+
+
+def _families(tmp_path, dinov2_dir, dinov2_reg_dir):
+    from transformers import (
+        DINOv3ViTConfig,
+        DINOv3ViTModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        ViTMAEConfig,
+        ViTMAEModel,
+    )
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, patch_size=4)
+    yield "dinov2", load_backbone(str(dinov2_dir), input_size=32)
+    yield "dinov2-reg", load_backbone(str(dinov2_reg_dir), input_size=32)
+    yield "mae", load_backbone(str(_save(ViTMAEModel(ViTMAEConfig(**small, image_size=32)), tmp_path / "m")), 32)
+    siglip = SiglipVisionModel(SiglipVisionConfig(**small, image_size=32))
+    yield "siglip", load_backbone(str(_save(siglip, tmp_path / "s")), input_size=32)
+    dinov3 = DINOv3ViTModel(DINOv3ViTConfig(**small, image_size=32, num_register_tokens=2))
+    yield "dinov3", load_backbone(str(_save(dinov3, tmp_path / "d3")), input_size=32)
+
+
+def test_asking_for_some_blocks_gives_exactly_those_without_the_full_stack(
+    tmp_path, dinov2_dir, dinov2_reg_dir, images, monkeypatch
+):
+    """RAE's latent reads the last block only and a layer mean its blocks: read by hooks, they equal the same blocks of
+    the full pass (transformers' hidden_states), bit for bit, and output_hidden_states is not requested."""
+    for family, bb in _families(tmp_path, dinov2_dir, dinov2_reg_dir):
+        with torch.no_grad():
+            full = bb(images)
+            seen = {}
+            forward = bb.model.forward
+            spy = lambda *a, seen=seen, forward=forward, **k: seen.update(k) or forward(*a, **k)  # noqa: E731
+            monkeypatch.setattr(bb.model, "forward", spy)
+            last = bb(images, [bb.num_layers])
+            some = bb(images, [bb.num_layers, 1])
+            monkeypatch.undo()
+        assert seen["output_hidden_states"] is False, family
+        assert last.layers == [bb.num_layers] and last.hidden_states.shape[0] == 1, family
+        torch.testing.assert_close(last.z_base, full.z_base, rtol=0, atol=0)
+        assert some.layers == [1, bb.num_layers]
+        torch.testing.assert_close(some.hidden_states, full.hidden_states[[0, -1]], rtol=0, atol=0)
+        torch.testing.assert_close(some.blocks([bb.num_layers, 1]), full.blocks([bb.num_layers, 1]), rtol=0, atol=0)
+        first = bb(images, [1])
+        assert first.z_base is None
+        with pytest.raises(ValueError, match=r"blocks \[2\] were not computed"):
+            first.blocks([2])
+        with pytest.raises(ValueError, match="must lie in 1.."):
+            bb(images, [bb.num_layers + 1])
+
+
+def test_encode_reads_only_the_blocks_its_latent_needs(dinov2_reg_dir, images, monkeypatch):
+    """Fusion off, RAE's latent: the last block only; RAEv2's layer mean: its blocks; fusion on: every block. The
+    latent equals the one computed from the full pass."""
+    from drorae import DRoRAE, DRoRAEConfig, FusionConfig
+    from drorae.tokenizer.backbones import BackboneConfig
+    from drorae.tokenizer.decoder import DecoderConfig
+
+    torch.manual_seed(0)
+    config = DRoRAEConfig(
+        backbone=BackboneConfig(name_or_path=str(dinov2_reg_dir), input_size=32),
+        decoder=DecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=4),
+        fusion=FusionConfig(expert_hidden=16),
+    )
+    model = DRoRAE.from_config(config).eval()
+    asked = []
+    run = model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda x, layers=None: asked.append(layers) or run(x, layers))
+    with torch.no_grad():
+        for fusion, latent_layers, expected in ((False, None, [3]), (False, [1, 3], [1, 3]), (True, None, None)):
+            model.fusion_enabled = fusion
+            model.set_latent_rule(latent_layers)
+            asked.clear()
+            latent = model.encode(images)
+            assert asked == [expected]
+            reference = model.tokens_to_latent(model.tokens_from_features(run(images))[0])  # from every block
+            torch.testing.assert_close(latent, reference, rtol=0, atol=0)

@@ -120,8 +120,19 @@ class BackboneNotFoundError(FileNotFoundError):
 
 @dataclass
 class BackboneOutput:
-    hidden_states: Tensor  # [L, B, N, C]  outputs of blocks 1..L, prefix tokens dropped
-    z_base: Tensor  # [B, N, C]     LN_bb(z^(L)), non-affine
+    hidden_states: Tensor  # [K, B, N, C]  outputs of blocks `layers` (all: 1..L), prefix tokens dropped
+    z_base: Tensor | None  # [B, N, C]     LN_bb(z^(L)), non-affine (None when block L was not asked for)
+    layers: list[int] | None = None  # the 1-based blocks in hidden_states, ascending; None: every block 1..L
+
+    def blocks(self, layers: list[int]) -> Tensor:
+        """The outputs of 1-based blocks ``layers`` [K, B, N, C], from whatever subset this output holds."""
+        held = self.layers if self.layers is not None else range(1, self.hidden_states.shape[0] + 1)
+        position = {k: i for i, k in enumerate(held)}
+        missing = [k for k in layers if k not in position]
+        if missing:
+            raise ValueError(f"blocks {missing} were not computed (this backbone output holds blocks {list(held)})")
+        index = torch.tensor([position[k] for k in layers], device=self.hidden_states.device)
+        return self.hidden_states.index_select(0, index)
 
 
 def check_images(images: Tensor, name: str = "images") -> None:
@@ -219,9 +230,22 @@ class FrozenBackbone(nn.Module):
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def forward(self, images: Tensor) -> BackboneOutput:
+    def _block_list(self) -> nn.ModuleList:
+        """The model's transformer blocks (``encoder.layer``, ``encoder.layers``, ``layer``... by family)."""
+        if not hasattr(self, "_blocks_cache"):
+            lists = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.ModuleList)]
+            found = [m for n, m in lists if len(m) == self.num_layers and n.split(".")[-1] in ("layer", "layers")]
+            if len(found) != 1:
+                raise RuntimeError(f"cannot find the {self.num_layers} blocks of {type(self.model).__name__}")
+            self.__dict__["_blocks_cache"] = found[0]  # not a submodule: already registered inside the model
+        return self._blocks_cache
+
+    def forward(self, images: Tensor, layers: list[int] | None = None) -> BackboneOutput:
+        """Every block's output (``layers=None``, what the fusion reads), or only blocks ``layers`` (1-based): RAE's
+        latent asks for the last block alone, a layer mean for the blocks it averages. Those are read by forward
+        hooks, without ``output_hidden_states`` and the [L, B, N, C] stack."""
         pixels = self.preprocess(images)
-        kwargs = {"output_hidden_states": True}
+        kwargs = {"output_hidden_states": layers is None}
         if self.family == "mae":
             # ViT-MAE shuffles tokens by argsort(noise); increasing noise keeps the natural order,
             # and mask_ratio=0 keeps every token.
@@ -230,6 +254,8 @@ class FrozenBackbone(nn.Module):
             kwargs["interpolate_pos_encoding"] = True
         elif self.family == "siglip":
             kwargs["interpolate_pos_encoding"] = True
+        if layers is not None:
+            return self._selected_blocks(pixels, sorted(set(layers)), kwargs)
         out = self.model(pixel_values=pixels, **kwargs)
         # hidden_states[0] is the embedding output; [k] is the output of block k (eq. 1).
         blocks = out.hidden_states[1:]
@@ -239,16 +265,50 @@ class FrozenBackbone(nn.Module):
         z_base = F.layer_norm(hidden[-1], (self.hidden_size,), eps=self.norm_eps)
         return BackboneOutput(hidden_states=hidden, z_base=z_base)
 
+    def _selected_blocks(self, pixels: Tensor, layers: list[int], kwargs: dict) -> BackboneOutput:
+        if not layers or layers[0] < 1 or layers[-1] > self.num_layers:
+            raise ValueError(f"layers {layers} must lie in 1..{self.num_layers}")
+        blocks, captured = self._block_list(), {}
 
-def base_latent(hidden_states: Tensor, z_base: Tensor, layers: list[int], global_mean: bool, eps: float) -> Tensor:
+        def keep(k: int):
+            return lambda module, args, out: captured.__setitem__(k, out[0] if isinstance(out, tuple) else out)
+
+        handles = [blocks[k - 1].register_forward_hook(keep(k)) for k in layers]
+        try:
+            self.model(pixel_values=pixels, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        p = self.num_prefix_tokens
+        hidden = (
+            captured[layers[0]][None, :, p:]
+            if len(layers) == 1
+            else torch.stack([captured[k] for k in layers])[:, :, p:]
+        )
+        z_base = (
+            F.layer_norm(hidden[-1], (self.hidden_size,), eps=self.norm_eps) if layers[-1] == self.num_layers else None
+        )
+        return BackboneOutput(hidden_states=hidden, z_base=z_base, layers=layers)
+
+
+def base_latent(
+    hidden_states: Tensor | BackboneOutput,
+    z_base: Tensor | None,
+    layers: list[int],
+    global_mean: bool,
+    eps: float,
+    num_layers: int | None = None,
+) -> Tensor:
     """The base latent [B, N, C] from one backbone output: ``z_base`` (RAE) when ``layers`` is the last block only
     and there is no global term, else RAEv2's layer mean of ``LN_bb`` outputs (a mean, not a sum, as RAEv2's
-    code computes it), plus the token mean of the deepest listed block's ``LN_bb`` output when ``global_mean``."""
-    num_layers, c = hidden_states.shape[0], hidden_states.shape[-1]
-    if layers == [num_layers] and not global_mean:
-        return z_base
-    index = torch.tensor([k - 1 for k in layers], device=hidden_states.device)
-    normed = F.layer_norm(hidden_states.index_select(0, index), (c,), eps=eps)  # [K, B, N, C], one batched LN
+    code computes it), plus the token mean of the deepest listed block's ``LN_bb`` output when ``global_mean``.
+    ``hidden_states``: the [L, B, N, C] stack of every block, or a :class:`BackboneOutput` (then ``num_layers``,
+    the backbone's depth, says which block is the last)."""
+    feats = hidden_states if isinstance(hidden_states, BackboneOutput) else BackboneOutput(hidden_states, z_base)
+    last = num_layers if num_layers is not None else feats.hidden_states.shape[0]
+    if layers == [last] and not global_mean:
+        return feats.z_base
+    normed = F.layer_norm(feats.blocks(layers), (feats.hidden_states.shape[-1],), eps=eps)  # [K, B, N, C], one LN
     z = normed.mean(dim=0)
     if global_mean:
         z = z + normed[layers.index(max(layers))].mean(dim=1, keepdim=True)  # RAEv2's second term

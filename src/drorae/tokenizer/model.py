@@ -206,15 +206,21 @@ class DRoRAE(nn.Module):
         self.backbone.train(mode)  # stays in eval mode while frozen
         return self
 
-    def _run_backbone(self, images: Tensor) -> BackboneOutput:
+    def _run_backbone(self, images: Tensor, layers: list[int] | None = None) -> BackboneOutput:
+        """The frozen backbone's pass: every block (``layers=None``) or only the 1-based blocks ``layers``."""
         if any(p.requires_grad for p in self.backbone.parameters()):
-            return self.backbone(images)
+            return self.backbone(images, layers)
         with torch.no_grad():  # frozen: no graph, one pass
-            return self.backbone(images)
+            return self.backbone(images, layers)
+
+    @property
+    def needed_layers(self) -> list[int] | None:
+        """The blocks encoding reads: all of them for the fusion (None), else the base latent's (RAE: the last)."""
+        return None if self.fusion_enabled else list(self.latent_layers)
 
     def encode_tokens(self, images: Tensor) -> tuple[Tensor, Tensor, FusionOutput | None]:
         """images -> (z_final [B,N,C], z_base [B,N,C], fusion output or None), before normalisation."""
-        return self.tokens_from_features(self._run_backbone(images))
+        return self.tokens_from_features(self._run_backbone(images, self.needed_layers))
 
     @property
     def rae_latent(self) -> bool:
@@ -223,14 +229,16 @@ class DRoRAE(nn.Module):
 
     def base_tokens(self, feats: BackboneOutput) -> Tensor:
         """The base latent [B, N, C] that the decoder reads without fusion and that eq. 5 corrects."""
-        eps = self.backbone.norm_eps
-        return base_latent(feats.hidden_states, feats.z_base, self.latent_layers, self.latent_global_mean, eps)
+        eps, depth = self.backbone.norm_eps, self.backbone.num_layers
+        return base_latent(feats, None, self.latent_layers, self.latent_global_mean, eps, num_layers=depth)
 
     def tokens_from_features(self, feats: BackboneOutput) -> tuple[Tensor, Tensor, FusionOutput | None]:
         """:meth:`encode_tokens` from an already computed backbone output, so that several
         tokenizers on the same frozen backbone (e.g. the rows of an evaluation) share one pass."""
         base = self.base_tokens(feats)
         if self.fusion_enabled:
+            if feats.layers is not None:
+                raise ValueError(f"the fusion reads every block; this backbone output holds blocks {feats.layers}")
             fused = self.fusion(feats.hidden_states, base, base_normalized=self.rae_latent)
             return fused.latent, base, fused
         return base, base, None
@@ -303,7 +311,7 @@ class DRoRAE(nn.Module):
         self, images: Tensor, noise_tau: float | None = None, generator: torch.Generator | None = None
     ) -> DRoRAEOutput:
         """Reconstruct; in training mode the latent gets noise (``noise_tau``, default the config's)."""
-        feats = self._run_backbone(images)
+        feats = self._run_backbone(images, self.needed_layers)
         clean, z_base, fused = self.tokens_from_features(feats)
         latent = self.tokens_to_latent(clean)
         tau = self.config.noise_tau if noise_tau is None else noise_tau
