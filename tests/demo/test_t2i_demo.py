@@ -101,7 +101,7 @@ def test_the_unconditional_controls_run_and_resume(tmp_path):
     assert results["t1000/seed0/3"]["overrides"] == ["mot.time_scale=1000"]
     from drorae.generation.text.mot import MoTGenerator
 
-    assert MoTGenerator.from_pretrained(tmp_path / "t1000" / "seed0" / "model").config.time_scale == 1000.0
+    assert MoTGenerator.from_pretrained(tmp_path / "t1000" / "seed0-3" / "model").config.time_scale == 1000.0
     assert all(0 <= a <= 1 for a in results["bagel/seed0/3"]["probe"].values())
     before = (tmp_path / "controls.json").stat().st_mtime_ns
     assert main([*args, "--steps", "3", "--quick"]) == 0

@@ -4,10 +4,10 @@ Why does the demo's MoT draw scattered blocks where a plain DiT of its size draw
 demo's MoT on the demo's RAE latents with the captions dropped (``flow.text_dropout=0.999``: a caption is seen once
 in a thousand steps), changing one thing through config overrides, for several seeds; then the re-noising probe
 (:mod:`drorae.demo.t2i_probe`, CFG 1) scores how often it brings the held-out shapes back from ``t0`` of noise, and
-a grid of its samples from pure noise is saved. Example (the time-scale lead, 2 seeds, 4,000 steps)::
+a grid of its samples from pure noise is saved. Example (the time-scale lead, 2 seeds, 2,000 steps)::
 
     python -m drorae.demo.t2i_controls --out runs/t2i-controls --control bagel --control time1000=mot.time_scale=1000 \\
-        --seeds 0 1 --steps 4000
+        --seeds 0 1 --steps 2000
 
 The set-up (shapes, the RAE tokenizer, its latent cache, the tiny Qwen2) is the demo's and is made once in ``--out``.
 Results: ``<out>/controls.json`` (per control and seed: final loss, probe accuracy per ``t0``, train seconds).
@@ -94,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     paths = setup(out, args.quick)
     results_path = out / "controls.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for spec in args.control:
-        name, _, rest = spec.partition("=")
-        overrides = [o for o in rest.split(",") if o]
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: every control's first seed before any second seed (paired early)
+        for spec in args.control:
+            name, _, rest = spec.partition("=")
+            overrides = [o for o in rest.split(",") if o]
             key = f"{name}/seed{seed}/{args.steps}"
             if key in results:  # resumable: a finished control is not run again
                 continue
-            results[key] = {"overrides": overrides, **run_control(paths, out / name / f"seed{seed}", overrides, seed,
-                                                                   args.steps)}  # fmt: skip
+            run = out / name / f"seed{seed}-{args.steps}"
+            results[key] = {"overrides": overrides, **run_control(paths, run, overrides, seed, args.steps)}
             results_path.write_text(json.dumps(results, indent=2) + "\n")
             r = results[key]
             print(f"{key}: loss {r['final_loss']:.4f}, probe {r['probe']}, {r['train_seconds']} s", flush=True)
