@@ -74,8 +74,7 @@ def rae_config(run: Path):
         "data.random_flip=false",
         "loss.perceptual=none",
         f"loss.gan_weight={META['loss']['disc_weight']}",
-        "loss.discriminator=dino",
-        f"loss.disc_backbone={run / 'discriminator'}",
+        f"loss.discriminator={run / 'discriminator'}",  # a discriminator directory named directly
         f"loss.disc_lr={s['base_lr']}",
         f"loss.disc_warmup_steps={warmup}",
         f"loss.disc_decay_steps={total}",

@@ -119,7 +119,7 @@ def _cmd_import_rae_disc(args: argparse.Namespace) -> int:
     source = f"the trained heads of {args.checkpoint}" if args.checkpoint else f"fresh heads (seed {args.seed})"
     print(
         f"imported {dino} + {source} -> {args.dst}: RAE's DinoDisc ({disc.extra_repr()}), {heads:,} head "
-        f"parameters; use it as loss.disc_backbone={args.dst}"
+        f"parameters; use it as loss.discriminator={args.dst}"
     )
     return 0
 
@@ -141,7 +141,7 @@ def _cmd_import_rae_stage1(args: argparse.Namespace) -> int:
     print("not carried over:\n" + "\n".join(f"  - {line}" for line in report["not_carried"]))
     print(
         f"continue it with: drorae train --config configs/tokenizer/rae/dinov2-b-decxl.yaml --phase 1 --data DATA "
-        f"--out {args.dst} --resume loss.disc_backbone={args.dst}/discriminator"
+        f"--out {args.dst} --resume loss.discriminator={args.dst}/discriminator"
     )
     return 0
 

@@ -37,7 +37,7 @@ class LossConfig:
     perceptual_weight: float = 1.0
     lpips_vgg_path: str | None = None  # vgg16-397923af.pth
     gan_weight: float = 0.75
-    discriminator: str = "dino"  # dino (RAE's DinoDisc) | patch | none
+    discriminator: str = "dino"  # dino (RAE's DinoDisc) | patch | none | a discriminator directory
     # the "dino" discriminator's weights: RAE's dino_vit_small_patch8_224.pth (a DINO .pth of its layout), or a
     # discriminator directory (drorae import-rae-disc, or a previous run's <out>/discriminator)
     disc_backbone: str | None = None
@@ -112,9 +112,9 @@ def validate(cfg: TrainConfig) -> None:
         f"{loss.perceptual!r} is not lpips, stlpips or none",
     )
     check(
-        loss.discriminator in ("dino", "patch", "none"),
+        loss.discriminator in ("dino", "patch", "none") or Path(loss.discriminator).expanduser().is_dir(),
         "loss.discriminator",
-        f"{loss.discriminator!r} is not dino, patch or none",
+        f"{loss.discriminator!r} is not dino, patch, none or a discriminator directory (drorae import-rae-disc)",
     )
     check(loss.disc_norm in ("bn", "gn"), "loss.disc_norm", f"{loss.disc_norm!r} is not bn or gn")
     check(len(loss.disc_betas) == 2, "loss.disc_betas", "must be two numbers")

@@ -200,10 +200,10 @@ class Trainer(BaseTrainer):
             perceptual = build_perceptual_loss(c.perceptual, c.lpips_vgg_path)
         disc = None
         if c.discriminator != "none" and c.gan_weight > 0:
-            if c.discriminator == "dino":
-                disc = self._dino_discriminator()
-            else:
+            if c.discriminator == "patch":
                 disc = build_discriminator("patch", base_channels=c.disc_channels)
+            else:  # "dino", or a discriminator directory named directly
+                disc = self._dino_discriminator()
         return ReconstructionLoss(
             l1_weight=c.l1_weight,
             mse_weight=c.mse_weight,
@@ -229,6 +229,8 @@ class Trainer(BaseTrainer):
             if self.is_main:
                 print(f"discriminator initialised from {carried}", flush=True)
             return load_discriminator(carried)
+        if c.discriminator != "dino":  # a discriminator directory (validated to exist)
+            return build_discriminator("dino", path=Path(c.discriminator).expanduser())
         if not c.disc_backbone:
             raise ValueError(
                 "loss.discriminator=dino needs loss.disc_backbone: RAE's dino_vit_small_patch8_224.pth (or another "
