@@ -45,21 +45,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fn, x, iters: int, warmup: int, device) -> tuple[float, float | None]:
-    """Median seconds per call and the peak memory (GiB, CUDA only) of ``fn(x)``."""
-    for _ in range(warmup):
-        fn(x)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
+def time_interleaved(fns: dict, x, iters: int, warmup: int, device) -> dict[str, tuple[list[float], float | None]]:
+    """Seconds of each call of each ``fns[name](x)``, the rows interleaved round by round (so drift in the machine's
+    speed hits every row alike), and each row's peak memory (GiB, CUDA only)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(x)
+    times = {name: [] for name in fns}
+    peaks = dict.fromkeys(fns, 0.0 if device.type == "cuda" else None)
     for _ in range(iters):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn(x)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return statistics.median(times), peak
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            fn(x)
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**30)
+    return {name: (times[name], peaks[name]) for name in fns}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,10 +113,20 @@ def main(argv: list[str] | None = None) -> dict:
     ours_fused = DRoRAE(bb, ours.decoder, fusion, ours.config).to(device).eval()
     ours_fused.set_latent_stats(ours.latent_mean, ours.latent_std, ours.config.latent_std_eps)
     candidates["drorae (fusion on)"] = lambda im: ours_fused.decode(ours_fused.encode(im))
-    for name, fn in candidates.items():
-        seconds, peak = time_calls(run(fn), x, args.iters, args.warmup, device)
-        rows[name] = {"seconds_per_batch": seconds, "images_per_s": args.batch / seconds, "peak_memory_gib": peak}
-        print(f"{name}: {args.batch / seconds:.2f} img/s", flush=True)
+    timed = time_interleaved({name: run(fn) for name, fn in candidates.items()}, x, args.iters, args.warmup, device)
+    reference = timed["diffusers AutoencoderRAE"][0]
+    for name, (times, peak) in timed.items():
+        seconds = statistics.median(times)
+        ratios = [t / r for t, r in zip(times, reference)]  # paired by round
+        rows[name] = {
+            "seconds_per_batch": seconds,
+            "images_per_s": args.batch / seconds,
+            "peak_memory_gib": peak,
+            "time_ratio_to_diffusers": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+            "seconds": times,
+        }
+        print(f"{name}: {args.batch / seconds:.2f} img/s, {statistics.median(ratios):.3f}x diffusers' time "
+              f"(rounds {min(ratios):.3f}-{max(ratios):.3f})", flush=True)  # fmt: skip
     results = {
         "shapes": shapes,
         "batch": args.batch,
