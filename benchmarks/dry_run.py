@@ -5,7 +5,9 @@ discriminator, RAE's own stage-1 recipe, then ``stats`` and DiT^DH-S / DiT^DH-XL
 pretrained files are replaced by random ones of the real shapes, written here: DINOv2-B with registers
 (``save_pretrained``), a DINO ViT-S/8 in RAE's ``.pth`` layout, and ST-LPIPS (its weights install with the package)
 for the VGG LPIPS file. Each job runs in its own process; its wall time and peak resident memory are printed and
-written to ``<out>/dry_run.json``. Nothing is downloaded. About 10 minutes and 22 GB peak (DiT^DH-XL) on 2 cores.
+written to ``<out>/dry_run.json``. Nothing is downloaded. About 25 minutes and 21 GB peak memory (DiT^DH-XL) on 2
+cores. The paper-size runs write tens of GB (a ViT-XL checkpoint with its optimizer state is ~5 GB): each job's
+checkpoints are deleted when it ends, and its run directory when no later job reads it (``--keep`` keeps all).
 
     python benchmarks/dry_run.py [--out dry-run-out] [--only phase1 rae ...]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -116,6 +119,10 @@ def jobs(paths: dict[str, Path], out: Path) -> dict[str, list[str]]:
     }
 
 
+# which jobs read which earlier run (--init, --tokenizer): a run is deleted once none still to come reads it
+READS = {"phase2": "phase1", "phase3": "phase2", "stats": "phase3", "dit-dh-s": "phase3", "dit-dh-xl": "phase3"}
+
+
 def run(name: str, args: list[str], out: Path) -> dict:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", LAUNCH, *args], capture_output=True, text=True, cwd=REPO)
@@ -132,15 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="dry-run-out", help="working directory (random weights, runs, logs, dry_run.json)")
     p.add_argument("--only", nargs="+", help="run only these jobs (phase2 needs phase1's run, and so on)")
+    p.add_argument("--keep", action="store_true", help="keep every run directory and checkpoint (tens of GB)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = make_inputs(out / "inputs")
     results = {}
-    for name, command in jobs(paths, out).items():
-        if args.only and name not in args.only:
-            continue
+    todo = [name for name in jobs(paths, out) if not args.only or name in args.only]
+    for i, (name, command) in enumerate((n, c) for n, c in jobs(paths, out).items() if n in todo):
         results[name] = run(name, command, out)
+        if not args.keep:
+            shutil.rmtree(out / name / "checkpoints", ignore_errors=True)
+            for done in todo[: i + 1]:  # runs no later job reads
+                if done not in {READS.get(later) for later in todo[i + 1 :]}:
+                    shutil.rmtree(out / done, ignore_errors=True)
         r = results[name]
         status = "ok" if r["ok"] else f"FAILED: {r['error']} (log: {out / name}.log)"
         print(f"{name:<10} {r['seconds']:>7.1f} s  peak {r['peak_rss_gb'] or '?':>6} GB  {status}", flush=True)

@@ -242,3 +242,31 @@ def test_gpu_suite_smoke_mode_runs_every_benchmark_and_summarizes(tmp_path):
     for name in names:
         assert f"| {name} |" in summary
     assert "FAILED" not in summary
+
+
+def test_dry_run_deletes_each_run_once_no_later_job_reads_it(tmp_path, monkeypatch):
+    """make dry-run's paper-size runs write tens of GB: checkpoints go when a job ends, a run directory when no later
+    job reads it (phase1 after phase2, phase3 after DiT^DH-XL); logs and dry_run.json stay. The jobs are stubs."""
+    spec = importlib.util.spec_from_file_location("dry_run", SCRIPT.parent / "dry_run.py")
+    dry_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dry_run)
+
+    monkeypatch.setattr(dry_run, "make_inputs", lambda root: {})
+    names = ("phase1", "phase2", "phase3", "rae", "stats", "dit-dh-s", "dit-dh-xl")
+    monkeypatch.setattr(dry_run, "jobs", lambda paths, out: {n: [] for n in names})
+    alive = []
+
+    def fake_run(name, args, out):
+        assert all((out / r).is_dir() for r in {dry_run.READS.get(name)} - {None}), f"{name} lost its input"
+        assert not list(out.glob("*/checkpoints")), "an earlier job's checkpoints were kept"
+        (out / name / "checkpoints").mkdir(parents=True)
+        (out / name / "model").mkdir()
+        (out / f"{name}.log").write_text("log")
+        alive.append(sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "inputs"))
+        return {"ok": True, "seconds": 1.0, "peak_rss_gb": 1.0}
+
+    monkeypatch.setattr(dry_run, "run", fake_run)
+    assert dry_run.main(["--out", str(tmp_path)]) == 0
+    assert alive[2] == ["phase2", "phase3"] and alive[-1] == ["dit-dh-xl", "phase3"]  # phase1 gone once phase2 ran
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "inputs"]
+    assert len(list(tmp_path.glob("*.log"))) == 7 and len(json.loads((tmp_path / "dry_run.json").read_text())) == 7
