@@ -50,7 +50,7 @@ bench-gpu: $(VENV)/.installed-test
 	$(PY) benchmarks/gpu_suite.py
 
 # every shipped paper config (three phases chained, RAE's recipe, DiT^DH-S and -XL) 2 steps at its real shapes from
-# random weights on the CPU, with its wall time and peak memory (not part of `make test`: ~10 min, ~22 GB peak)
+# random weights on the CPU, with its wall time and peak memory (not part of `make test`: ~25 min, ~21 GB peak RAM)
 dry-run: $(VENV)/.installed-test
 	$(PY) benchmarks/dry_run.py --out dry-run-out
 
