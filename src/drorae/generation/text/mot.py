@@ -72,6 +72,13 @@ class MoTConfig:
     # the timestep embedder reads time_scale * t. Bagel: 1 (t in [0, 1] on sinusoids built for a period of 10,000,
     # a weak signal a small network barely sees); DiT-family embedders take 1000 t. Not a Bagel setting when != 1.
     time_scale: float = 1.0
+    # Two toy-scale options, both off in Bagel (the demo's 2-layer MoT learns the layout of an image far more slowly
+    # than a DiT of its size: docs/text-to-image.md). latent_rope "2d": the latent tokens' queries and keys rotate by
+    # (row, column) on interleaved RoPE frequencies (text tokens, whose row = column = position, keep Qwen2's 1-D
+    # rotation exactly); "bagel": one RoPE id for the whole image block. gen_adaln: DiT's adaLN-Zero on the
+    # generation expert (every layer's normed inputs shifted/scaled and its outputs gated from the timestep).
+    latent_rope: str = "bagel"
+    gen_adaln: bool = False
     token_ids: dict = field(default_factory=dict)  # bos, eos, vision_start, vision_end, pad
     gradient_checkpointing: bool = False
 
@@ -89,6 +96,8 @@ class MoTConfig:
         p = cfg.latent_patch_size
         if p < 1 or cfg.latent_size % p:
             raise ValueError(f"mot.latent_patch_size {p} does not divide the latent grid {cfg.latent_size}")
+        if cfg.latent_rope not in ("bagel", "2d"):
+            raise ValueError(f"mot.latent_rope {cfg.latent_rope!r} is not one of ('bagel', '2d')")
         if cfg.max_latent_size is None:
             cfg.max_latent_size = cfg.latent_size // p
         if cfg.max_latent_size < cfg.latent_size // p:
@@ -188,6 +197,9 @@ class MoTGenerator(nn.Module):
         rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
         self.register_buffer("pos_ids", (rows * m + cols).flatten(), persistent=False)  # Bagel's h * max_size + w
         self.latent_out = nn.Linear(h, config.token_dim)  # Bagel's llm2vae, zero-initialised
+        if config.gen_adaln:  # per layer: shift, scale, gate for attention and MLP; then shift, scale of the output
+            self.gen_modulation = nn.ModuleList([nn.Linear(h, 6 * h) for _ in self.gen])
+            self.final_modulation = nn.Linear(h, 2 * h)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -204,6 +216,10 @@ class MoTGenerator(nn.Module):
                 sub.reset_parameters()
         nn.init.zeros_(self.latent_out.weight)
         nn.init.zeros_(self.latent_out.bias)
+        if self.config.gen_adaln:  # adaLN-Zero: every generation layer starts as the identity on the latent tokens
+            for lin in [*self.gen_modulation, self.final_modulation]:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     # -- from an LLM checkpoint ----------------------------------------------------------------------------------
     def load_llm_state(self, state: dict[str, Tensor]) -> None:
@@ -232,10 +248,14 @@ class MoTGenerator(nn.Module):
         self.load_state_dict(ours, strict=False)
 
     # -- one layer -------------------------------------------------------------------------------------------------
-    def _qkv(self, layer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    @staticmethod
+    def _modulate(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
+        return x if shift is None else x * (1 + scale[:, None]) + shift[:, None]
+
+    def _qkv(self, layer, x: Tensor, shift: Tensor | None = None, scale: Tensor | None = None):
         b, s, _ = x.shape
         attn = layer.self_attn
-        x = layer.input_layernorm(x)
+        x = self._modulate(layer.input_layernorm(x), shift, scale)
         q = attn.q_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
@@ -243,15 +263,17 @@ class MoTGenerator(nn.Module):
 
     def _layer(
         self, i: int, h_und: Tensor, h_gen: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor,
-        past: tuple[Tensor, Tensor] | None = None,
+        past: tuple[Tensor, Tensor] | None = None, cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         """One MoT layer over the sequence ``[h_und; h_gen]`` (keys ``[past; sequence]``); returns the new states and
-        the sequence's keys and values (what a text cache stores)."""
+        the sequence's keys and values (what a text cache stores). ``cond``: SiLU(TimeEmbed(t)) under gen_adaln."""
         from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
         und, gen = self.und[i], self.gen[i]
         n_und = h_und.shape[1]
-        parts = [self._qkv(und, h_und)] + ([self._qkv(gen, h_gen)] if h_gen.shape[1] else [])
+        mod = [None] * 6 if cond is None else self.gen_modulation[i](cond).chunk(6, dim=-1)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod
+        parts = [self._qkv(und, h_und)] + ([self._qkv(gen, h_gen, shift_a, scale_a)] if h_gen.shape[1] else [])
         q, k, v = (torch.cat([p[j] for p in parts], dim=2) for j in range(3))
         q, k = apply_rotary_pos_emb(q, k, *rope)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
@@ -263,27 +285,64 @@ class MoTGenerator(nn.Module):
         h_und = h_und + und.self_attn.o_proj(out[:, :n_und])
         h_und = h_und + und.mlp(und.post_attention_layernorm(h_und))
         if h_gen.shape[1]:
-            h_gen = h_gen + gen.self_attn.o_proj(out[:, n_und:])
-            h_gen = h_gen + gen.mlp(gen.post_attention_layernorm(h_gen))
+            attn_out = gen.self_attn.o_proj(out[:, n_und:])
+            h_gen = h_gen + (attn_out if gate_a is None else gate_a[:, None] * attn_out)
+            mlp_out = gen.mlp(self._modulate(gen.post_attention_layernorm(h_gen), shift_m, scale_m))
+            h_gen = h_gen + (mlp_out if gate_m is None else gate_m[:, None] * mlp_out)
         return h_und, h_gen, k, v
 
-    def _run_layer(self, i, h_und, h_gen, rope, mask, past=None):
+    def _run_layer(self, i, h_und, h_gen, rope, mask, past=None, cond=None):
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(self._layer, i, h_und, h_gen, rope, mask, past, use_reentrant=False)
-        return self._layer(i, h_und, h_gen, rope, mask, past)
+            return checkpoint(self._layer, i, h_und, h_gen, rope, mask, past, cond, use_reentrant=False)
+        return self._layer(i, h_und, h_gen, rope, mask, past, cond)
 
     # -- inputs ------------------------------------------------------------------------------------------------------
     def _rope(self, positions: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         return self.rotary(like, positions)
 
+    def _image_rope(self, lengths: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin [B, 2 + N, head_dim] of the image block ``[markers, latents]`` after captions of ``lengths``.
+        Bagel: every token at the one id T. latent_rope "2d" (interleaved multimodal RoPE, as Qwen3-VL's): even
+        frequencies rotate by a row id, odd ones by a column id; markers at (T, T), latent (r, c) at (T + r, T + c),
+        so a token whose row and column ids are equal is rotated exactly as Qwen2's 1-D RoPE rotates that position."""
+        b, n = lengths.shape[0], 2 + self.config.grid**2
+        if self.config.latent_rope == "bagel":
+            return self._rope(lengths[:, None].expand(b, n), like)
+        g = self.config.grid
+        rows = torch.cat([torch.zeros(2, dtype=torch.long), torch.arange(g).repeat_interleave(g)]).to(lengths.device)
+        cols = torch.cat([torch.zeros(2, dtype=torch.long), torch.arange(g).repeat(g)]).to(lengths.device)
+        inv_freq = self.rotary.inv_freq.float()  # [head_dim / 2]
+        row_ids, col_ids = ((lengths[:, None] + ids[None]).float() for ids in (rows, cols))
+        angles = torch.where(
+            torch.arange(inv_freq.numel(), device=lengths.device) % 2 == 0,
+            row_ids[..., None] * inv_freq, col_ids[..., None] * inv_freq,
+        )  # fmt: skip
+        emb = torch.cat([angles, angles], dim=-1)  # Qwen2's rotate_half layout: pair (i, i + head_dim / 2)
+        scaling = self.rotary.attention_scaling
+        return (emb.cos() * scaling).to(like.dtype), (emb.sin() * scaling).to(like.dtype)
+
     def latent_tokens(self, x_t: Tensor, t: Tensor) -> Tensor:
         """``W_in patchify(x_t) + TimeEmbed(t) + PosEmbed2D``: [B, N, H] (Bagel's packed_latent)."""
+        return self._latent_inputs(x_t, t)[0]
+
+    def _latent_inputs(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The latent tokens and, under gen_adaln, the modulation's input SiLU(TimeEmbed(t)) [B, H] (DiT's c)."""
         cfg = self.config
         tokens = self.latent_in(patchify(x_t, cfg.latent_patch_size).to(self.latent_in.weight.dtype))
         pos = self.pos_embed[self.pos_ids]  # device buffers: no host-to-device copy per sampling step
-        return tokens + self.time_embed(t * cfg.time_scale)[:, None] + pos.to(tokens.dtype)[None]
+        temb = self.time_embed(t * cfg.time_scale)
+        cond = F.silu(temb) if cfg.gen_adaln else None
+        return tokens + temb[:, None] + pos.to(tokens.dtype)[None], cond
+
+    def _output(self, h_gen: Tensor, cond: Tensor | None) -> Tensor:
+        """``W_out Norm_gen(h_gen)`` (under gen_adaln the norm's output shifted and scaled, as DiT's final layer)."""
+        h = self.norm_gen(h_gen)
+        if cond is not None:
+            h = self._modulate(h, *self.final_modulation(cond).chunk(2, dim=-1))
+        out = self.latent_out(h)
+        return unpatchify(out, self.config.latent_patch_size, self.config.latent_channels)
 
     def markers(self, batch: int, device: torch.device) -> Tensor:
         ids = torch.tensor([self.config.token_ids["vision_start"], self.config.token_ids["vision_end"]], device=device)
@@ -319,34 +378,30 @@ class MoTGenerator(nn.Module):
         """The velocity [B, C, h, w] at ``(x_t, t)`` given an encoded caption batch: the image block
         ``[<|vision_start|>, <|vision_end|>, latents]`` attends to the caption's keys and to itself."""
         b = x_t.shape[0]
-        h_gen = self.latent_tokens(x_t, t)
+        h_gen, cond = self._latent_inputs(x_t, t)
         h_und = self.markers(b, x_t.device).to(h_gen.dtype)
         n_img = h_und.shape[1] + h_gen.shape[1]
         valid = self.text_mask(context.lengths, context.max_len)
         mask = torch.cat([valid, valid.new_ones(b, n_img)], 1)[:, None, None, :]  # [B, 1, 1, T + n_img]
-        positions = context.lengths[:, None].expand(b, n_img)  # one RoPE id for the whole image block (Bagel)
-        rope = self._rope(positions, h_gen)
+        rope = self._image_rope(context.lengths, h_gen)
         for i in range(len(self.gen)):
             past = (context.keys[i].to(h_gen.dtype), context.values[i].to(h_gen.dtype))
-            h_und, h_gen, _, _ = self._run_layer(i, h_und, h_gen, rope, mask, past)
-        out = self.latent_out(self.norm_gen(h_gen))
-        return unpatchify(out, self.config.latent_patch_size, self.config.latent_channels)
+            h_und, h_gen, _, _ = self._run_layer(i, h_und, h_gen, rope, mask, past, cond)
+        return self._output(h_gen, cond)
 
     def forward(self, x_t: Tensor, t: Tensor, text_ids: Tensor, lengths: Tensor) -> Tensor:
         """Training's joint pass: one self-attention over ``[caption; markers; latents]`` per layer (text causal,
         the image block full over the caption and itself), the velocity [B, C, h, w]."""
         b, t_max = text_ids.shape
         device = x_t.device
-        h_gen = self.latent_tokens(x_t, t)
+        h_gen, cond = self._latent_inputs(x_t, t)
         h_und = torch.cat([self.embed_tokens(text_ids).to(h_gen.dtype), self.markers(b, device).to(h_gen.dtype)], 1)
         mask = self.joint_mask(lengths, t_max, 2 + h_gen.shape[1])
-        text_pos = torch.arange(t_max, device=device)[None].expand(b, -1)
-        positions = torch.cat([text_pos, lengths[:, None].expand(b, 2 + h_gen.shape[1])], 1)
-        rope = self._rope(positions, h_gen)
+        text_rope = self._rope(torch.arange(t_max, device=device)[None].expand(b, -1), h_gen)
+        rope = tuple(torch.cat(pair, 1) for pair in zip(text_rope, self._image_rope(lengths, h_gen)))
         for i in range(len(self.gen)):
-            h_und, h_gen, _, _ = self._run_layer(i, h_und, h_gen, rope, mask)
-        out = self.latent_out(self.norm_gen(h_gen))
-        return unpatchify(out, self.config.latent_patch_size, self.config.latent_channels)
+            h_und, h_gen, _, _ = self._run_layer(i, h_und, h_gen, rope, mask, None, cond)
+        return self._output(h_gen, cond)
 
     @classmethod
     def joint_mask(cls, lengths: Tensor, t_max: int, n_img: int) -> Tensor:
