@@ -106,3 +106,29 @@ def test_the_unconditional_controls_run_and_resume(tmp_path):
     before = (tmp_path / "controls.json").stat().st_mtime_ns
     assert main([*args, "--steps", "3", "--quick"]) == 0
     assert (tmp_path / "controls.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_the_captioned_controls_are_scored_as_the_demo_scores(tmp_path):
+    """`--captions`: trained with captions, the evaluation prompts sampled and scored, the shuffled floor beside;
+    `--curve`: the same at an earlier step of the one schedule."""
+    from drorae.demo.t2i import _shuffled_floor
+    from drorae.demo.t2i_controls import main
+    from drorae.evaluation.shapes import run_shapes_eval
+
+    args = ["--out", str(tmp_path), "--control", "toy=mot.gen_adaln=true,mot.latent_rope=2d", "--seeds", "0"]
+    assert main([*args, "--steps", "3", "--quick", "--captions", "--curve", "2"]) == 0
+    result = json.loads((tmp_path / "controls.json").read_text())["toy/seed0/3/captions"]
+    samples = tmp_path / "toy" / "seed0-3-captions" / "samples-eval"
+    meta_path = tmp_path / "shapes_evaluation_metadata.jsonl"
+    meta = [json.loads(line) for line in meta_path.read_text().splitlines()]
+    assert len(list(samples.glob("*/samples/*.png"))) == len(meta)  # the quick plan: one image per prompt
+    assert result["scores"]["overall"] == run_shapes_eval(samples, metadata=meta_path)["overall"]
+    assert result["floor"] == _shuffled_floor(samples, meta)["overall"]
+    assert (tmp_path / "toy" / "seed0-3-captions" / "grid.png").is_file()
+    early = tmp_path / "toy" / "seed0-3-captions" / "samples-eval-2"
+    assert result["curve"]["2"]["scores"]["overall"] == run_shapes_eval(early, metadata=meta_path)["overall"]
+    assert result["curve"]["2"]["floor"] == _shuffled_floor(early, meta)["overall"]
+    assert json.loads((tmp_path / "toy" / "seed0-3-captions" / "model" / "config.json").read_text())["steps"] == 3
+    with pytest.raises(SystemExit):  # a curve without captions has nothing to score
+        main([*args, "--steps", "3", "--quick", "--curve", "2"])

@@ -11,6 +11,10 @@ a grid of its samples from pure noise is saved. Example (the time-scale lead, 2 
 
 The set-up (shapes, the RAE tokenizer, its latent cache, the tiny Qwen2) is the demo's and is made once in ``--out``.
 Results: ``<out>/controls.json`` (per control and seed: final loss, probe accuracy per ``t0``, train seconds).
+
+``--captions``: the controls train with captions (the demo's caption dropout) and are scored as the demo scores: the
+evaluation prompts sampled at the demo's settings (CFG 2, 25 Euler steps, 4 images a prompt), GenEval's rules by the
+shapes scorer, and the floor (the same images against the next prompt's rules: drawing without reading the text).
 """
 
 from __future__ import annotations
@@ -50,29 +54,69 @@ def setup(out: Path, quick: bool = False) -> dict[str, Path]:
     return paths
 
 
-def run_control(paths: dict[str, Path], run: Path, overrides: list[str], seed: int, steps: int) -> dict:
+def run_control(
+    paths: dict[str, Path], run: Path, overrides: list[str], seed: int, steps: int, captions: bool = False,
+    quick: bool = False, curve_at: list[int] | None = None,
+) -> dict:  # fmt: skip
     from ..generation.text.trainer import T2ITrainer, load_t2i_config
     from .t2i import T2I_CONFIG
     from .t2i_probe import renoise_probe
 
+    uncond = [] if captions else ["flow.text_dropout=0.999"]
     cfg = load_t2i_config(
         T2I_CONFIG,
         [f"train.seed={seed}", f"train.max_steps={steps}", f"optim.decay_steps={max(1, steps // 5)}",
-         "flow.text_dropout=0.999", f"train.log_every={max(1, steps // 20)}", *overrides],
+         *uncond, f"train.log_every={max(1, steps // 20)}", *overrides],
     )  # fmt: skip
     start = time.perf_counter()
     trainer = T2ITrainer(cfg, paths["tokenizer"], paths["llm"], paths["shapes"], run, latents=paths["latents"])
+    curve = {}
     try:
-        history = trainer.run().history
+        for stop in sorted({*(curve_at or []), steps}):  # the schedule spans `steps`; the EMA model scored at each stop
+            history = trainer.run(max_steps=stop).history
+            seconds = time.perf_counter() - start
+            if stop < steps:
+                t = time.perf_counter()
+                curve[str(stop)] = {"final_loss": statistics.mean(h["loss"] for h in history[-3:]),
+                                    "train_seconds": round(seconds, 1),
+                                    **score_prompts(paths, run, seed, quick, f"-{stop}")}  # fmt: skip
+                start += time.perf_counter() - t  # scoring is not training time
     finally:
         trainer.close()
-    seconds = time.perf_counter() - start
+    loss = statistics.mean(h["loss"] for h in history[-3:])
+    if captions:
+        scored = score_prompts(paths, run, seed, quick)
+        return {"final_loss": loss, **scored, "train_seconds": round(seconds, 1), **({"curve": curve} if curve else {})}
     probe = renoise_probe(run, paths["tokenizer"], paths["held"], PROBE_T0, scale=1.0, seed=seed,
                           grid_png=run / "probe.png")  # fmt: skip
     return {
-        "final_loss": statistics.mean(h["loss"] for h in history[-3:]),
+        "final_loss": loss,
         "probe": {str(t0): row["accuracy"] for t0, row in probe.items()},
         "train_seconds": round(seconds, 1),
+    }
+
+
+def score_prompts(paths: dict[str, Path], run: Path, seed: int, quick: bool = False, suffix: str = "") -> dict:
+    """The demo's scoring of one trained MoT: the evaluation prompts sampled (``run/samples-eval``, grid
+    ``run/grid.png``), GenEval's rules per category and overall, and the shuffled-caption floor."""
+    import json as _json
+
+    from ..evaluation.shapes import run_shapes_eval
+    from ..generation.text.sampling import T2ISampleSettings, run_t2i_sampling
+    from .t2i import T2IDemoPlan, _grid, _shuffled_floor
+
+    plan = T2IDemoPlan.quick_plan() if quick else T2IDemoPlan()
+    meta_path = paths["shapes"].parent / "shapes_evaluation_metadata.jsonl"
+    meta = [_json.loads(line) for line in meta_path.read_text().splitlines()]
+    samples = run / f"samples-eval{suffix}"
+    settings = T2ISampleSettings(scale=plan.cfg_scale, steps=plan.sample_steps, seed=seed, precision="fp32")
+    run_t2i_sampling(run, paths["tokenizer"], meta_path, samples, per_prompt=plan.per_prompt, settings=settings,
+                     device="cpu", progress=False)  # fmt: skip
+    _grid(samples, meta, run / f"grid{suffix}.png")
+    summary = run_shapes_eval(samples, metadata=meta_path)
+    return {
+        "scores": {**summary["categories"], "overall": summary["overall"]},
+        "floor": _shuffled_floor(samples, meta)["overall"],
     }
 
 
@@ -87,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--captions", action="store_true", help="train with captions; score the evaluation prompts")
+    p.add_argument(
+        "--curve", type=int, nargs="*", default=[], help="with --captions: also score the EMA model at these steps"
+    )
     p.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes (tests)")
     args = p.parse_args(argv)
+    if args.curve and not args.captions:
+        p.error("--curve scores the evaluation prompts: give --captions too")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = setup(out, args.quick)
@@ -98,14 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.control:
             name, _, rest = spec.partition("=")
             overrides = [o for o in rest.split(",") if o]
-            key = f"{name}/seed{seed}/{args.steps}"
+            key = f"{name}/seed{seed}/{args.steps}" + ("/captions" if args.captions else "")
             if key in results:  # resumable: a finished control is not run again
                 continue
-            run = out / name / f"seed{seed}-{args.steps}"
-            results[key] = {"overrides": overrides, **run_control(paths, run, overrides, seed, args.steps)}
+            run = out / name / (f"seed{seed}-{args.steps}" + ("-captions" if args.captions else ""))
+            result = run_control(paths, run, overrides, seed, args.steps, args.captions, args.quick, args.curve)
+            results[key] = {"overrides": overrides, **result}
             results_path.write_text(json.dumps(results, indent=2) + "\n")
             r = results[key]
-            print(f"{key}: loss {r['final_loss']:.4f}, probe {r['probe']}, {r['train_seconds']} s", flush=True)
+            shown = f"overall {r['scores']['overall']:.3f}, floor {r['floor']:.3f}" if args.captions else r["probe"]
+            print(f"{key}: loss {r['final_loss']:.4f}, {shown}, {r['train_seconds']} s", flush=True)
     return 0
 
 
