@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 PROBE_T0 = (0.7, 0.85, 0.95, 1.0)
+# Every control starts from Bagel's MoT at the demo's first settings (lr 1e-3), whatever the demo config now holds
+# (since 2026-12-06 the toy options and lr 3e-3), so that a control changes one thing from Bagel's network.
+BAGEL_BASE = ("mot.time_scale=1", "mot.gen_adaln=false", "mot.latent_rope=bagel", "optim.lr=1e-3")
 
 
 def setup(out: Path, quick: bool = False) -> dict[str, Path]:
@@ -66,7 +69,7 @@ def run_control(
     cfg = load_t2i_config(
         T2I_CONFIG,
         [f"train.seed={seed}", f"train.max_steps={steps}", f"optim.decay_steps={max(1, steps // 5)}",
-         *uncond, f"train.log_every={max(1, steps // 20)}", *overrides],
+         *uncond, f"train.log_every={max(1, steps // 20)}", *BAGEL_BASE, *overrides],
     )  # fmt: skip
     start = time.perf_counter()
     trainer = T2ITrainer(cfg, paths["tokenizer"], paths["llm"], paths["shapes"], run, latents=paths["latents"])

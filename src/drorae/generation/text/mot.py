@@ -21,7 +21,9 @@ Kept from Bagel: the two experts and their copy-initialisation, QK-norm (on by d
 start at 1), the sequence layout, the rotary ids, the timestep and 2-D position embeddings added to the latent
 tokens, the zero-initialised output projection, caption dropout to an empty context for CFG. Dropped: the
 understanding (next-token) loss and ``lm_head``, ViT image inputs, packing several samples into one sequence,
-interleaved multi-image contexts and their KV-cache management.
+interleaved multi-image contexts and their KV-cache management. Options for toy sizes, off in Bagel:
+``time_scale`` (the embedder reads 1000 t), ``latent_rope: 2d`` (latent tokens rotated by row and column),
+``gen_adaln`` (DiT's adaLN-Zero on the generation expert).
 """
 
 from __future__ import annotations
