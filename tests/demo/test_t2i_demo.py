@@ -28,6 +28,18 @@ def test_quick_t2i_demo_reports_ceiling_scores_and_margins(quick_demo):
     assert "DRoRAE - RAE (paired)" in (out / "report.md").read_text()
     assert set(report["floor"]) == set(ROWS) and all(0 <= m <= 1 for m, _ in report["floor"].values())
     assert "captions shuffled across" in (out / "report.md").read_text()
+    # above the floor, paired per seed: each seed's overall minus the floor of that seed's own images
+    from drorae.demo.t2i import _shuffled_floor
+
+    meta = [json.loads(line) for line in (out / "shapes_evaluation_metadata.jsonl").read_text().splitlines()]
+    for name in ROWS:
+        gaps = [
+            report["per_seed"][seed][name]["overall"]
+            - _shuffled_floor(out / f"seed{seed}" / name / "samples-eval", meta)["overall"]
+            for seed in range(2)
+        ]
+        assert report["above_floor"][name][0] == pytest.approx(sum(gaps) / 2, abs=1e-12)
+    assert "Overall minus the floor, paired per seed" in (out / "report.md").read_text()
 
 
 def test_the_shuffled_caption_floor_scores_images_against_another_prompt(tmp_path):

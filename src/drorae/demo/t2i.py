@@ -212,11 +212,13 @@ def score_t2i_demo(out: Path, plan: T2IDemoPlan, seeds: int, losses: dict, secon
             floor[name].append(_shuffled_floor(samples, eval_meta)["overall"])
         print(f"seed {seed}: {json.dumps(row_scores)}", flush=True)
         per_seed.append(row_scores)
+    # how far each generator is above its own floor, paired per seed (a generator that reads its captions is above it)
+    above = {name: _mean_std([s[name]["overall"] - f for s, f in zip(per_seed, floor[name])]) for name in ROWS}
     floor = {name: _mean_std(values) for name, values in floor.items()}
     print("floor (captions shuffled across prompts):", json.dumps(floor), flush=True)
     seconds = {**seconds, "scoring": time.perf_counter() - t}
     report = {"plan": asdict(plan), "seeds": seeds, "ceiling": ceiling, "per_seed": per_seed, "floor": floor,
-              "final_loss": losses, "seconds": seconds, **_aggregate(per_seed)}  # fmt: skip
+              "above_floor": above, "final_loss": losses, "seconds": seconds, **_aggregate(per_seed)}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     print(f"t2i demo report: {out / 'report.md'}", flush=True)
@@ -263,5 +265,8 @@ def render_markdown(report: dict) -> str:
         floor = ", ".join(f"{name} {v[0]:.3f} ± {v[1]:.3f}" for name, v in report["floor"].items())
         lines += ["", "Floor, the same images scored against another prompt's rules (captions shuffled across "
                   f"prompts), overall: {floor}."]  # fmt: skip
+    if "above_floor" in report:
+        above = ", ".join(f"{name} {v[0]:+.3f} ± {v[1]:.3f}" for name, v in report["above_floor"].items())
+        lines += ["", f"Overall minus the floor, paired per seed (how much the captions are read): {above}."]
     lines += ["", f"Wall time (s): {json.dumps({k: round(v) for k, v in report['seconds'].items()})}", ""]
     return "\n".join(lines)
