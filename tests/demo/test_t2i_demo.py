@@ -1,6 +1,8 @@
 """``drorae demo --t2i --quick``: the whole text-to-image comparison runs and reports what the full run reports."""
 
 import json
+import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +40,8 @@ def test_quick_t2i_demo_reports_ceiling_scores_and_margins(quick_demo):
             - _shuffled_floor(out / f"seed{seed}" / name / "samples-eval", meta)["overall"]
             for seed in range(2)
         ]
-        assert report["above_floor"][name][0] == pytest.approx(sum(gaps) / 2, abs=1e-12)
+        expected = (statistics.mean(gaps), statistics.stdev(gaps))
+        assert report["above_floor"][name] == pytest.approx(expected, abs=1e-12)
     assert "Overall minus the floor, paired per seed" in (out / "report.md").read_text()
 
 
@@ -144,3 +147,84 @@ def test_the_captioned_controls_are_scored_as_the_demo_scores(tmp_path):
     assert json.loads((tmp_path / "toy" / "seed0-3-captions" / "model" / "config.json").read_text())["steps"] == 3
     with pytest.raises(SystemExit):  # a curve without captions has nothing to score
         main([*args, "--steps", "3", "--quick", "--curve", "2"])
+
+
+def _write_samples(folder: Path, gt: Path, per_prompt: int, image_of) -> None:
+    """A sample folder in sample-t2i's layout whose image ``k`` of prompt ``i`` is ground-truth image
+    ``image_of(i, k)``."""
+    import shutil
+
+    meta = [json.loads(line) for line in (gt / "metadata.jsonl").read_text().splitlines()]
+    for i, m in enumerate(meta):
+        (folder / f"{i:05d}" / "samples").mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:05d}" / "metadata.jsonl").write_text(json.dumps(m) + "\n")
+        for k in range(per_prompt):
+            shutil.copy(gt / f"{image_of(i, k) % len(meta):06d}.png", folder / f"{i:05d}" / "samples" / f"{k:04d}.png")
+
+
+def test_the_report_pairs_each_seed_with_its_own_floor(quick_demo, tmp_path):
+    """Samples that score far from zero (ground-truth images, some of them another prompt's): overall minus floor
+    per seed, its mean and spread, against the scorer's numbers taken one seed at a time."""
+    import shutil
+
+    from drorae.data.shapes import write_shapes
+    from drorae.demo.t2i import _shuffled_floor, score_t2i_demo
+    from drorae.evaluation.shapes import run_shapes_eval
+
+    _, quick_out = quick_demo
+    out = tmp_path / "t2i"
+    shutil.copytree(quick_out / "tokenizers", out / "tokenizers")
+    shutil.copytree(quick_out / "shapes-heldout", out / "shapes-heldout")
+    gt = tmp_path / "gt"
+    write_shapes(gt, 18, 64, seed=3)
+    shutil.copy(gt / "metadata.jsonl", out / "shapes_evaluation_metadata.jsonl")
+    meta = [json.loads(line) for line in (gt / "metadata.jsonl").read_text().splitlines()]
+    wrong = {("rae", 0): 0, ("rae", 1): 5, ("drorae", 0): 9, ("drorae", 1): 2}  # prompts drawn off their caption
+    for (name, seed), n_wrong in wrong.items():
+        _write_samples(out / f"seed{seed}" / name / "samples-eval", gt, 2,
+                       lambda i, k, n=n_wrong: i + (k + 1) * (i < n))  # fmt: skip
+    plan = T2IDemoPlan.quick_plan()
+    report = score_t2i_demo(out, plan, 2, {"rae": [0.0, 0.0], "drorae": [0.0, 0.0]}, {})
+    for name in ROWS:
+        gaps = []
+        for seed in range(2):
+            folder = out / f"seed{seed}" / name / "samples-eval"
+            own = run_shapes_eval(folder, metadata=out / "shapes_evaluation_metadata.jsonl")["overall"]
+            gaps.append(own - _shuffled_floor(folder, meta)["overall"])
+        assert len(set(gaps)) == 2 and min(gaps) > 0  # the check can tell a pairing or a sign apart
+        assert report["above_floor"][name] == pytest.approx((statistics.mean(gaps), statistics.stdev(gaps)), abs=1e-12)
+    assert report["summary"]["rae"]["overall"][0] < 1.0 and report["per_seed"][0]["rae"]["overall"] == 1.0
+
+
+def test_controls_score_the_prompts_they_sampled_against_their_own_and_the_next_captions(tmp_path, monkeypatch):
+    """score_prompts on samples that are the prompts' own ground truth: overall 1.0 (GenEval's rules on right images),
+    the floor that of the same images against the next prompt's rules."""
+    from drorae.data.shapes import write_shapes
+    from drorae.demo.t2i import _shuffled_floor
+    from drorae.demo.t2i_controls import score_prompts
+    from drorae.generation.text import sampling
+
+    gt = tmp_path / "gt"
+    write_shapes(gt, 24, 64, seed=3)
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes_evaluation_metadata.jsonl").write_text((gt / "metadata.jsonl").read_text())
+    meta = [json.loads(line) for line in (gt / "metadata.jsonl").read_text().splitlines()]
+    seen = {}
+
+    def fake_sampling(model, tokenizer, prompts, out, *, per_prompt, settings, device, progress):
+        seen.update(prompts=Path(prompts), per_prompt=per_prompt, scale=settings.scale, steps=settings.steps)
+        _write_samples(Path(out), gt, per_prompt, lambda i, k: i)
+
+    monkeypatch.setattr(sampling, "run_t2i_sampling", fake_sampling)
+    paths = {"shapes": tmp_path / "shapes", "tokenizer": tmp_path / "tok"}
+    result = score_prompts(paths, tmp_path / "run", seed=0, suffix="-7")
+    assert seen == {
+        "prompts": tmp_path / "shapes_evaluation_metadata.jsonl",
+        "per_prompt": 4,
+        "scale": 2.0,
+        "steps": 25,
+    }
+    assert result["scores"]["overall"] == 1.0
+    expected = _shuffled_floor(tmp_path / "run" / "samples-eval-7", meta)["overall"]
+    assert result["floor"] == expected < 0.5
+    assert (tmp_path / "run" / "grid-7.png").is_file()
