@@ -102,15 +102,13 @@ def run_control(
 def score_prompts(paths: dict[str, Path], run: Path, seed: int, quick: bool = False, suffix: str = "") -> dict:
     """The demo's scoring of one trained MoT: the evaluation prompts sampled (``run/samples-eval``, grid
     ``run/grid.png``), GenEval's rules per category and overall, and the shuffled-caption floor."""
-    import json as _json
-
     from ..evaluation.shapes import run_shapes_eval
     from ..generation.text.sampling import T2ISampleSettings, run_t2i_sampling
     from .t2i import T2IDemoPlan, _grid, _shuffled_floor
 
     plan = T2IDemoPlan.quick_plan() if quick else T2IDemoPlan()
     meta_path = paths["shapes"].parent / "shapes_evaluation_metadata.jsonl"
-    meta = [_json.loads(line) for line in meta_path.read_text().splitlines()]
+    meta = [json.loads(line) for line in meta_path.read_text().splitlines()]
     samples = run / f"samples-eval{suffix}"
     settings = T2ISampleSettings(scale=plan.cfg_scale, steps=plan.sample_steps, seed=seed, precision="fp32")
     run_t2i_sampling(run, paths["tokenizer"], meta_path, samples, per_prompt=plan.per_prompt, settings=settings,

@@ -198,6 +198,10 @@ class MoTGenerator(nn.Module):
         g, m = config.grid, config.max_latent_size
         rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
         self.register_buffer("pos_ids", (rows * m + cols).flatten(), persistent=False)  # Bagel's h * max_size + w
+        # latent_rope "2d": (row, column) offsets of the image block [markers (0, 0), latents]; a device buffer
+        zeros = torch.zeros(2, dtype=torch.long)
+        rc = torch.stack([torch.cat([zeros, rows.flatten()]), torch.cat([zeros, cols.flatten()])])
+        self.register_buffer("image_rc", rc, persistent=False)
         self.latent_out = nn.Linear(h, config.token_dim)  # Bagel's llm2vae, zero-initialised
         if config.gen_adaln:  # per layer: shift, scale, gate for attention and MLP; then shift, scale of the output
             self.gen_modulation = nn.ModuleList([nn.Linear(h, 6 * h) for _ in self.gen])
@@ -254,7 +258,9 @@ class MoTGenerator(nn.Module):
     def _modulate(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
         return x if shift is None else x * (1 + scale[:, None]) + shift[:, None]
 
-    def _qkv(self, layer, x: Tensor, shift: Tensor | None = None, scale: Tensor | None = None):
+    def _qkv(
+        self, layer, x: Tensor, shift: Tensor | None = None, scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         b, s, _ = x.shape
         attn = layer.self_attn
         x = self._modulate(layer.input_layernorm(x), shift, scale)
@@ -312,18 +318,11 @@ class MoTGenerator(nn.Module):
         b, n = lengths.shape[0], 2 + self.config.grid**2
         if self.config.latent_rope == "bagel":
             return self._rope(lengths[:, None].expand(b, n), like)
-        g = self.config.grid
-        rows = torch.cat([torch.zeros(2, dtype=torch.long), torch.arange(g).repeat_interleave(g)]).to(lengths.device)
-        cols = torch.cat([torch.zeros(2, dtype=torch.long), torch.arange(g).repeat(g)]).to(lengths.device)
-        inv_freq = self.rotary.inv_freq.float()  # [head_dim / 2]
-        row_ids, col_ids = ((lengths[:, None] + ids[None]).float() for ids in (rows, cols))
-        angles = torch.where(
-            torch.arange(inv_freq.numel(), device=lengths.device) % 2 == 0,
-            row_ids[..., None] * inv_freq, col_ids[..., None] * inv_freq,
-        )  # fmt: skip
-        emb = torch.cat([angles, angles], dim=-1)  # Qwen2's rotate_half layout: pair (i, i + head_dim / 2)
-        scaling = self.rotary.attention_scaling
-        return (emb.cos() * scaling).to(like.dtype), (emb.sin() * scaling).to(like.dtype)
+        cos_r, sin_r = self._rope(lengths[:, None] + self.image_rc[0][None], like)  # transformers' rotary per axis
+        cos_c, sin_c = self._rope(lengths[:, None] + self.image_rc[1][None], like)
+        half = self.head_dim // 2  # rotate_half layout: dimension j and j + head_dim / 2 share frequency j
+        even = torch.arange(self.head_dim, device=like.device) % half % 2 == 0
+        return torch.where(even, cos_r, cos_c), torch.where(even, sin_r, sin_c)
 
     def latent_tokens(self, x_t: Tensor, t: Tensor) -> Tensor:
         """``W_in patchify(x_t) + TimeEmbed(t) + PosEmbed2D``: [B, N, H] (Bagel's packed_latent)."""
